@@ -1,0 +1,288 @@
+"""Reading built features back: Ray Datasets of TSD samples, streamed with flat memory.
+
+Mixture rows (one mel each) are expanded into sample rows on the fly by a ``map_batches``
+step, so the spectrogram is stored once however many targets a mixture has.
+
+Sample batch keys and shapes (``B`` samples, ``T`` input frames, ``F`` mels, ``T'`` = T // 2):
+
+    mel           (B, T, F) float16   log-mel of the mixture
+    frame_labels  (B, T')   float32   target activity per 40 ms frame (0 when not strong)
+    has_strong    (B,)      bool      frame labels are real (strong corpus)
+    clip_label    (B,)      float32   1 if the target occurs in the mixture
+    target_idx    (B,)      int64     index into manifest["classes"]
+    ref_idx       (B,)      int64     row of the reference table; -1: draw one at training time
+    domain        (B,)      int64     0 source, 1 target
+    n_valid       (B,)      int64     output frames holding real signal
+    sample_id, mixture_id (B,) str    only in evaluation datasets (``with_ids=True``)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from functools import partial
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from tsd_ray import storage
+
+NUMERIC_KEYS = (
+    "mel",
+    "frame_labels",
+    "has_strong",
+    "clip_label",
+    "target_idx",
+    "ref_idx",
+    "domain",
+    "n_valid",
+)
+DOMAIN_ID = {"source": 0, "target": 1}
+
+
+class FeaturesError(FileNotFoundError):
+    """Built features are missing or incomplete."""
+
+
+@dataclass(frozen=True)
+class Manifest:
+    uri: str
+    data: dict
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.data["classes"])
+
+    @property
+    def source_classes(self) -> list[str]:
+        return list(self.data["source_classes"])
+
+    @property
+    def target_classes(self) -> list[str]:
+        return list(self.data["target_classes"])
+
+    @property
+    def n_frames(self) -> int:
+        return int(self.data["n_frames"])
+
+    @property
+    def n_output_frames(self) -> int:
+        return int(self.data["n_output_frames"])
+
+    @property
+    def output_hop_s(self) -> float:
+        return float(self.data["output_hop_s"])
+
+    @property
+    def n_mels(self) -> int:
+        return int(self.data["frontend"]["n_mels"])
+
+    def has_split(self, split: str) -> bool:
+        return bool(self.data["splits"].get(split, {}).get("files"))
+
+    def files(self, split: str) -> list[str]:
+        entry = self.data["references"] if split == "references" else self.data["splits"].get(split)
+        if not entry or not entry.get("files"):
+            raise FeaturesError(
+                f"{self.uri}: split '{split}' has no rows (splits built: "
+                f"{', '.join(k for k, v in self.data['splits'].items() if v.get('files'))})"
+            )
+        return [storage.join(self.uri, f) for f in entry["files"]]
+
+    def count(self, split: str) -> tuple[int, int]:
+        """(mixtures, samples) of a split."""
+        e = self.data["splits"].get(split, {})
+        return int(e.get("mixtures", 0)), int(e.get("samples", 0))
+
+
+def load_manifest(features: str) -> Manifest:
+    features = storage.expand(features)
+    uri = storage.join(features, "manifest.json")
+    if not storage.exists(uri):
+        raise FeaturesError(
+            f"no manifest.json under {features}: the features are not built (or the build was "
+            f"interrupted); run jobs/build_dataset.py --spec SPEC --out {features}"
+        )
+    return Manifest(features, storage.read_json(uri))
+
+
+def reference_ids(manifest: Manifest) -> list[str]:
+    """Reference ids in table order (the order of the embedding table rows)."""
+    ids: list[str] = []
+    for f in manifest.files("references"):
+        fs, path = storage.resolve(f)
+        ids += pq.read_table(path, columns=["reference_id"], filesystem=fs).column(0).to_pylist()
+    return ids
+
+
+def expand_batch(
+    batch: dict[str, np.ndarray],
+    *,
+    class_index: dict[str, int],
+    ref_index: dict[str, int],
+    n_out: int,
+    hop_s: float,
+    with_ids: bool = False,
+) -> dict[str, np.ndarray]:
+    """Mixture rows -> sample rows (pure numpy; the map_batches step of every reader)."""
+    out: dict[str, list] = {k: [] for k in NUMERIC_KEYS}
+    if with_ids:
+        out["sample_id"], out["mixture_id"] = [], []
+    for i in range(len(batch["mixture_id"])):
+        onsets = np.asarray(batch["event_onsets"][i], dtype=np.float64)
+        offsets = np.asarray(batch["event_offsets"][i], dtype=np.float64)
+        labels = np.asarray(batch["event_labels"][i], dtype=object)
+        strong = bool(batch["has_strong"][i])
+        n_valid = min(n_out, int(batch["n_frames"][i]) // 2)
+        domain = DOMAIN_ID[str(batch["domain"][i])]
+        for sid, target, clip, ref in zip(
+            batch["sample_ids"][i],
+            batch["sample_targets"][i],
+            batch["sample_clip_labels"][i],
+            batch["sample_reference_ids"][i],
+        ):
+            y = np.zeros(n_out, dtype=np.float32)
+            if strong:
+                for on, off in zip(onsets[labels == target], offsets[labels == target]):
+                    start = max(0, int(math.floor(on / hop_s + 1e-9)))
+                    stop = min(n_out, int(math.ceil(off / hop_s - 1e-9)))
+                    y[start:stop] = 1.0
+            out["mel"].append(batch["mel"][i])
+            out["frame_labels"].append(y)
+            out["has_strong"].append(strong)
+            out["clip_label"].append(float(clip))
+            out["target_idx"].append(class_index[str(target)])
+            out["ref_idx"].append(ref_index[str(ref)] if ref else -1)
+            out["domain"].append(domain)
+            out["n_valid"].append(n_valid)
+            if with_ids:
+                out["sample_id"].append(str(sid))
+                out["mixture_id"].append(str(batch["mixture_id"][i]))
+    if not out["mel"]:
+        T, F = batch["mel"].shape[1:] if len(batch["mel"]) else (0, 0)
+        empty = {k: np.zeros((0,), dtype=np.float32) for k in out}
+        empty["mel"] = np.zeros((0, T, F), dtype=np.float16)
+        empty["frame_labels"] = np.zeros((0, n_out), dtype=np.float32)
+        return empty
+    res = {
+        "mel": np.stack(out["mel"]),
+        "frame_labels": np.stack(out["frame_labels"]),
+        "has_strong": np.asarray(out["has_strong"], dtype=bool),
+        "clip_label": np.asarray(out["clip_label"], dtype=np.float32),
+        "target_idx": np.asarray(out["target_idx"], dtype=np.int64),
+        "ref_idx": np.asarray(out["ref_idx"], dtype=np.int64),
+        "domain": np.asarray(out["domain"], dtype=np.int64),
+        "n_valid": np.asarray(out["n_valid"], dtype=np.int64),
+    }
+    if with_ids:
+        res["sample_id"] = np.asarray(out["sample_id"], dtype=object)
+        res["mixture_id"] = np.asarray(out["mixture_id"], dtype=object)
+    return res
+
+
+def _expander(manifest: Manifest, refs: Sequence[str] | None, with_ids: bool):
+    refs = reference_ids(manifest) if refs is None else refs
+    return partial(
+        expand_batch,
+        class_index={c: i for i, c in enumerate(manifest.classes)},
+        ref_index={r: i for i, r in enumerate(refs)},
+        n_out=manifest.n_output_frames,
+        hop_s=manifest.output_hop_s,
+        with_ids=with_ids,
+    )
+
+
+_MIXTURE_COLUMNS = [
+    "mixture_id",
+    "domain",
+    "n_frames",
+    "mel",
+    "has_strong",
+    "event_onsets",
+    "event_offsets",
+    "event_labels",
+    "sample_ids",
+    "sample_targets",
+    "sample_clip_labels",
+    "sample_reference_ids",
+]
+
+
+def read_samples(
+    features: str | Manifest,
+    split: str,
+    *,
+    with_ids: bool = False,
+    reference_table: Sequence[str] | None = None,
+    fraction: float | None = None,
+    seed: int = 0,
+):
+    """Ray Dataset of the TSD samples of ``split`` (batch keys above), streamed from Parquet.
+
+    ``fraction`` keeps a random share of the mixtures (e.g. to balance an auxiliary domain).
+    """
+    import ray
+
+    from tsd_ray.ray_utils import quiet_data_context
+
+    quiet_data_context()
+    manifest = features if isinstance(features, Manifest) else load_manifest(features)
+    files = manifest.files(split)
+    fs, _ = storage.resolve(files[0])
+    paths = [storage.resolve(f)[1] for f in files]
+    ds = ray.data.read_parquet(paths, filesystem=fs, columns=_MIXTURE_COLUMNS)
+    if fraction is not None and fraction < 1.0:
+        ds = ds.random_sample(fraction, seed=seed)
+    return ds.map_batches(
+        _expander(manifest, reference_table, with_ids), batch_format="numpy", batch_size=16
+    )
+
+
+def read_references(features: str | Manifest):
+    """Ray Dataset of reference clips: reference_id, label, mel (B, T_ref, F), n_frames."""
+    import ray
+
+    from tsd_ray.ray_utils import quiet_data_context
+
+    quiet_data_context()
+    manifest = features if isinstance(features, Manifest) else load_manifest(features)
+    files = manifest.files("references")
+    fs, _ = storage.resolve(files[0])
+    return ray.data.read_parquet(
+        [storage.resolve(f)[1] for f in files],
+        filesystem=fs,
+        columns=["reference_id", "label", "mel", "n_frames"],
+    )
+
+
+def iter_local(
+    features: str | Manifest, split: str, *, batch_rows: int = 16, with_ids: bool = True
+) -> Iterator[dict[str, np.ndarray]]:
+    """Sample batches read with pyarrow alone (no Ray): small evaluations, tests, tools."""
+    manifest = features if isinstance(features, Manifest) else load_manifest(features)
+    expand = _expander(manifest, None, with_ids)
+    for f in manifest.files(split):
+        fs, path = storage.resolve(f)
+        pf = pq.ParquetFile(fs.open_input_file(path))
+        for rb in pf.iter_batches(batch_size=batch_rows, columns=_MIXTURE_COLUMNS):
+            batch = {}
+            for name in rb.schema.names:
+                col = rb.column(name)
+                if name == "mel":
+                    batch[name] = col.to_numpy_ndarray()
+                else:
+                    batch[name] = np.asarray(col.to_pylist(), dtype=object)
+            yield expand(batch)
+
+
+def read_mixture_table(features: str | Manifest, split: str, columns: Sequence[str] | None = None):
+    """A split's mixture rows as one pyarrow Table (small splits only)."""
+    import pyarrow as pa
+
+    manifest = features if isinstance(features, Manifest) else load_manifest(features)
+    tables = []
+    for f in manifest.files(split):
+        fs, path = storage.resolve(f)
+        tables.append(pq.read_table(path, filesystem=fs, columns=list(columns) if columns else None))
+    return pa.concat_tables(tables)
