@@ -13,7 +13,8 @@ Sample batch keys and shapes (``B`` samples, ``T`` input frames, ``F`` mels, ``T
     ref_idx       (B,)      int64     row of the reference table; -1: draw one at training time
     domain        (B,)      int64     0 source, 1 target
     n_valid       (B,)      int64     output frames holding real signal
-    sample_id, mixture_id (B,) str    only in evaluation datasets (``with_ids=True``)
+    sample_id, mixture_id, target (B,) str      only with ``with_ids=True`` (evaluation)
+    event_onsets, event_offsets (B,) object      the target's true events (s), same condition
 """
 
 from __future__ import annotations
@@ -128,7 +129,8 @@ def expand_batch(
     """Mixture rows -> sample rows (pure numpy; the map_batches step of every reader)."""
     out: dict[str, list] = {k: [] for k in NUMERIC_KEYS}
     if with_ids:
-        out["sample_id"], out["mixture_id"] = [], []
+        out["sample_id"], out["mixture_id"], out["target"] = [], [], []
+        out["event_onsets"], out["event_offsets"] = [], []
     for i in range(len(batch["mixture_id"])):
         onsets = np.asarray(batch["event_onsets"][i], dtype=np.float64)
         offsets = np.asarray(batch["event_offsets"][i], dtype=np.float64)
@@ -159,6 +161,10 @@ def expand_batch(
             if with_ids:
                 out["sample_id"].append(str(sid))
                 out["mixture_id"].append(str(batch["mixture_id"][i]))
+                out["target"].append(str(target))
+                keep = labels == target
+                out["event_onsets"].append(onsets[keep].astype(np.float32))
+                out["event_offsets"].append(offsets[keep].astype(np.float32))
     if not out["mel"]:
         T, F = batch["mel"].shape[1:] if len(batch["mel"]) else (0, 0)
         empty = {k: np.zeros((0,), dtype=np.float32) for k in out}
@@ -176,8 +182,12 @@ def expand_batch(
         "n_valid": np.asarray(out["n_valid"], dtype=np.int64),
     }
     if with_ids:
-        res["sample_id"] = np.asarray(out["sample_id"], dtype=object)
-        res["mixture_id"] = np.asarray(out["mixture_id"], dtype=object)
+        for key in ("sample_id", "mixture_id", "target"):
+            res[key] = np.asarray(out[key], dtype=object)
+        for key in ("event_onsets", "event_offsets"):
+            col = np.empty(len(out[key]), dtype=object)
+            col[:] = out[key]
+            res[key] = col
     return res
 
 

@@ -1,0 +1,195 @@
+"""The conditional network: pretrain (or load PANNs), freeze, embed every reference once.
+
+Default: a Ray Train phase trains the Cnn14-style encoder as a classifier over the labelled
+reference pool (references are isolated clips, so every class may be used), with crop, gain
+and noise augmentation. With ``encoder.panns_checkpoint`` the public PANNs Cnn14 weights are
+loaded first (and with ``encoder.finetune_trunk: false`` only the embedding head trains).
+Then :func:`embed_references` writes the embedding table with Ray Data batch inference.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from tsd_ray import checkpoint as ckpt
+from tsd_ray import storage
+from tsd_ray.config import Config, config_from_dict
+from tsd_ray.data import Manifest, read_references
+
+
+def _augment_refs(mel: torch.Tensor, n_frames: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Random circular shift within the valid part, gain in log domain, light noise floor."""
+    B, T, _ = mel.shape
+    out = mel.clone()
+    for i in range(B):
+        n = int(n_frames[i].clamp(min=1, max=T))
+        k = int(torch.randint(0, n, (1,), generator=gen))
+        out[i, :n] = torch.roll(mel[i, :n], shifts=k, dims=0)
+    gain = (torch.rand(B, 1, 1, generator=gen) - 0.5) * 2.0  # +-1 in log-power (~ +-4.3 dB)
+    return out + gain.to(out.device)
+
+
+def encoder_loop_per_worker(config: dict) -> dict:
+    import ray.train
+    from ray.train import Checkpoint
+    from ray.train.torch import get_device, prepare_model
+
+    from tsd_ray.models.encoder import Cnn14Encoder, load_panns_cnn14
+
+    cfg = config_from_dict(config["cfg"])
+    manifest = config["manifest"]
+    classes = manifest["classes"]
+    class_index = {c: i for i, c in enumerate(classes)}
+    ec = cfg.encoder
+    device = get_device()
+    torch.manual_seed(cfg.train.seed)
+    model = Cnn14Encoder(ec, int(manifest["frontend"]["n_mels"]), len(classes))
+    if ec.panns_checkpoint:
+        load_panns_cnn14(model, ec.panns_checkpoint)
+    if not ec.finetune_trunk:
+        for name, p in model.named_parameters():
+            p.requires_grad = name.startswith(("fc_embedding", "fc_classifier"))
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=ec.lr)
+    start = 0
+    resume = ray.train.get_checkpoint()
+    if resume is not None:
+        with resume.as_directory() as d:
+            st = torch.load(os.path.join(d, "state.pt"), map_location="cpu", weights_only=True)
+        model.load_state_dict(st["model"])
+        opt.load_state_dict(st["optimizer"])
+        start = int(st["epoch"]) + 1
+    model = prepare_model(model)
+    core = model.module if hasattr(model, "module") else model
+    gen = torch.Generator().manual_seed(cfg.train.seed)
+    shard = ray.train.get_dataset_shard("train")
+    rank = ray.train.get_context().get_world_rank()
+    for epoch in range(start, ec.epochs):
+        model.train()
+        tot = correct = n = 0.0
+        for b in shard.iter_batches(batch_size=ec.batch_size, batch_format="numpy", local_shuffle_buffer_size=256):
+            mel = torch.as_tensor(b["mel"]).float()
+            y = torch.as_tensor([class_index[str(c)] for c in b["label"]], device=device)
+            mel = _augment_refs(mel, torch.as_tensor(b["n_frames"]), gen).to(device)
+            out = model(mel)
+            loss = F.cross_entropy(out.logits, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            tot += float(loss) * len(y)
+            correct += float((out.logits.argmax(1) == y).sum())
+            n += len(y)
+        metrics = {"epoch": epoch, "loss": tot / max(n, 1), "train_acc": correct / max(n, 1)}
+        if rank == 0:
+            print(f"[encoder] epoch {epoch + 1}/{ec.epochs} loss {metrics['loss']:.3f} acc {metrics['train_acc']:.2f}", flush=True)
+            with tempfile.TemporaryDirectory() as d:
+                torch.save({"model": core.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch}, os.path.join(d, "state.pt"))
+                payload = ckpt.model_payload(
+                    "encoder", ec, core, n_mels=int(manifest["frontend"]["n_mels"]), classes=classes,
+                    meta={"metrics": metrics, "frontend": manifest["frontend"]},
+                )
+                buf = io.BytesIO()
+                torch.save(payload, buf)
+                with open(os.path.join(d, "model.pt"), "wb") as f:
+                    f.write(buf.getvalue())
+                ray.train.report(metrics, checkpoint=Checkpoint.from_directory(d))
+        else:
+            ray.train.report(metrics)
+    return {}
+
+
+def pretrain_encoder(cfg: Config, manifest: Manifest, *, storage_path: str, run_name: str) -> str:
+    """Train the encoder as a Ray Train run; returns the URI of its model file."""
+    from ray.train import DataConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from tsd_ray.ray_utils import ensure_ray
+    from tsd_ray.runner import checkpoint_uri, run_config, scaling_config
+
+    ensure_ray()
+    refs = read_references(manifest)
+    trainer = TorchTrainer(
+        encoder_loop_per_worker,
+        train_loop_config={"cfg": cfg.to_dict(), "manifest": manifest.data},
+        torch_config=TorchConfig(backend="nccl" if cfg.train.use_gpu else "gloo"),
+        scaling_config=scaling_config(cfg.train),
+        run_config=run_config(f"{run_name}-encoder", storage_path, cfg.train.max_failures),
+        datasets={"train": refs},
+        dataset_config=DataConfig(datasets_to_split=["train"]),
+    )
+    result = trainer.fit()
+    if result.error is not None:
+        raise result.error
+    return storage.join(checkpoint_uri(result.checkpoint), "model.pt")
+
+
+class _Embedder:
+    """Ray Data actor: frozen encoder on the best device, one batch of references at a time."""
+
+    def __init__(self, encoder_uri: str, class_index: dict):
+        from tsd_ray.models.encoder import freeze
+
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.model = freeze(ckpt.load_encoder(encoder_uri).to(self.device))
+        self.class_index = class_index
+
+    @torch.no_grad()
+    def __call__(self, b: dict) -> dict:
+        mel = torch.as_tensor(b["mel"], device=self.device).float()
+        e = self.model(mel).embedding.float()
+        e = normalise_embedding(e)
+        return {
+            "reference_id": b["reference_id"],
+            "label": b["label"],
+            "class_idx": np.asarray([self.class_index[str(c)] for c in b["label"]], dtype=np.int64),
+            "embedding": e.cpu().numpy().astype(np.float32),
+        }
+
+
+def normalise_embedding(e: torch.Tensor) -> torch.Tensor:
+    """Unit L2 norm scaled by sqrt(E): every embedding has the same energy, O(1) entries."""
+    return F.normalize(e, dim=-1) * (e.shape[-1] ** 0.5)
+
+
+def embed_references(encoder_uri: str, manifest: Manifest, out_uri: str) -> str:
+    """Embedding table (reference_id, label, class_idx, embedding) in reference-table order."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import ray
+
+    from tsd_ray.ray_utils import cluster_gpus, ensure_ray
+
+    ensure_ray()
+    class_index = {c: i for i, c in enumerate(manifest.classes)}
+    ds = read_references(manifest).map_batches(
+        _Embedder,
+        fn_constructor_kwargs={"encoder_uri": encoder_uri, "class_index": class_index},
+        batch_size=64,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=1),
+        num_gpus=1 if cluster_gpus() > 0 else 0,
+        num_cpus=1,
+    )
+    rows = ds.take_all()
+    from tsd_ray.data import reference_ids
+
+    order = {r: i for i, r in enumerate(reference_ids(manifest))}
+    rows.sort(key=lambda r: order[str(r["reference_id"])])
+    emb = np.stack([r["embedding"] for r in rows]).astype(np.float32)
+    table = pa.table(
+        {
+            "reference_id": [str(r["reference_id"]) for r in rows],
+            "label": [str(r["label"]) for r in rows],
+            "class_idx": pa.array([int(r["class_idx"]) for r in rows], pa.int64()),
+            "embedding": pa.array(list(emb), pa.list_(pa.float32(), emb.shape[1])),
+        }
+    )
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    storage.write_bytes_atomic(out_uri, buf.getvalue())
+    return out_uri

@@ -1,0 +1,155 @@
+"""Driver side of a phase: datasets, scaling, ``TorchTrainer.fit()``, the result's files.
+
+``run_phase`` runs one :class:`~tsd_ray.phase.PhaseSpec` as a Ray Train run named
+``<run>-<phase>`` under the run's storage path. Started again with the same names it resumes
+from the last reported checkpoint (Ray Train V2 semantics), and a finished run returns its
+old result at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+from tsd_ray import storage
+from tsd_ray.config import Config, TrainConfig
+from tsd_ray.data import NUMERIC_KEYS, Manifest, read_samples
+from tsd_ray.phase import PhaseSpec
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PhaseResult:
+    name: str
+    model_uri: str  # best-by-validation student (model.pt), self-describing
+    checkpoint_uri: str  # the Ray checkpoint directory it lives in
+    best_val_score: float
+    best_metrics: dict
+    history: list
+
+
+def checkpoint_uri(checkpoint) -> str:
+    """A Ray ``Checkpoint`` -> path/URI usable by :mod:`tsd_ray.storage`."""
+    import pyarrow.fs as pafs
+
+    fs = checkpoint.filesystem
+    if fs is None or isinstance(fs, pafs.LocalFileSystem):
+        return checkpoint.path
+    return f"{fs.type_name}://{checkpoint.path}"
+
+
+def scaling_config(tc: TrainConfig):
+    """Workers sized so Ray Data keeps CPUs on a small machine (RAY_NOTES deadlock)."""
+    from ray.train import ScalingConfig
+
+    from tsd_ray.ray_utils import cluster_cpus
+
+    if tc.use_gpu:
+        res = {"CPU": tc.cpus_per_worker, "GPU": tc.gpus_per_worker}
+    else:
+        free = max(0.1, cluster_cpus() - tc.reserve_cpus_for_data)
+        res = {"CPU": round(min(tc.cpus_per_worker, free / tc.num_workers), 2)}
+    return ScalingConfig(num_workers=tc.num_workers, use_gpu=tc.use_gpu, resources_per_worker=res)
+
+
+def run_config(name: str, storage_path: str, max_failures: int, callbacks=None):
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig
+
+    fs, path = storage.resolve(storage_path)
+    return RunConfig(
+        name=name,
+        storage_path=path,
+        storage_filesystem=fs,
+        failure_config=FailureConfig(max_failures=max_failures),
+        checkpoint_config=CheckpointConfig(num_to_keep=1),  # latest holds best model.pt too
+        callbacks=callbacks,
+    )
+
+
+def loop_config(cfg: Config, phase: PhaseSpec, manifest: Manifest, embeddings_uri: str, fault_marker: str | None = None) -> dict:
+    return {
+        "cfg": cfg.to_dict(),
+        "phase": phase.to_dict(),
+        "manifest": manifest.data,
+        "embeddings": embeddings_uri,
+        "fault_marker": fault_marker,
+    }
+
+
+def phase_datasets(manifest: Manifest, phase: PhaseSpec, seed: int = 0) -> dict:
+    train = read_samples(manifest, phase.train_split).select_columns(list(NUMERIC_KEYS))
+    val = read_samples(manifest, phase.val_split, with_ids=True)
+    datasets = {"train": train, "val": val}
+    aux = phase.aux_split
+    if aux is not None:
+        _, n_main = manifest.count(phase.train_split)
+        _, n_aux = manifest.count(aux)
+        frac = min(1.0, n_main / max(1, n_aux))
+        datasets["aux"] = read_samples(manifest, aux, fraction=frac, seed=seed).select_columns(list(NUMERIC_KEYS))
+    return datasets
+
+
+def run_phase(
+    cfg: Config,
+    phase: PhaseSpec,
+    manifest: Manifest,
+    embeddings_uri: str,
+    *,
+    storage_path: str,
+    run_name: str,
+    callbacks=None,
+) -> PhaseResult:
+    """Train one phase with Ray Train (DDP over ``cfg.train.num_workers``)."""
+    from ray.train import DataConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from tsd_ray.loop import train_loop_per_worker
+    from tsd_ray.ray_utils import ensure_ray
+
+    ensure_ray()
+    name = f"{run_name}-{phase.name}"
+    marker = storage.join(storage.expand(storage_path), name, "_fault_injected") if cfg.train.fail_at_epoch >= 0 else None
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=loop_config(cfg, phase, manifest, embeddings_uri, marker),
+        torch_config=TorchConfig(backend="nccl" if cfg.train.use_gpu else "gloo"),
+        scaling_config=scaling_config(cfg.train),
+        run_config=run_config(name, storage_path, cfg.train.max_failures, callbacks),
+        datasets=phase_datasets(manifest, phase, cfg.train.seed),
+        dataset_config=DataConfig(datasets_to_split=["train"]),
+    )
+    result = trainer.fit()
+    if result.error is not None:
+        raise result.error
+    if result.checkpoint is None:
+        raise RuntimeError(f"phase {phase.name}: finished without a checkpoint")
+    ck = checkpoint_uri(result.checkpoint)
+    ret = getattr(result, "return_value", None) or {}
+    model_uri = storage.join(ck, "model.pt")
+    if not ret:  # a re-run of a finished run: read the numbers back from the model file
+        from tsd_ray.checkpoint import load_payload
+
+        meta = load_payload(model_uri)["meta"]
+        ret = {"best_val_score": meta["metrics"].get("val_score", float("nan")), "best_metrics": meta["metrics"], "history": []}
+    return PhaseResult(
+        name=phase.name,
+        model_uri=model_uri,
+        checkpoint_uri=ck,
+        best_val_score=float(ret["best_val_score"]),
+        best_metrics=dict(ret["best_metrics"]),
+        history=list(ret.get("history", [])),
+    )
+
+
+def encoder_file(storage_path: str, run_name: str) -> str:
+    return storage.join(storage.expand(storage_path), run_name, "encoder", "encoder.pt")
+
+
+def embeddings_file(storage_path: str, run_name: str) -> str:
+    return storage.join(storage.expand(storage_path), run_name, "encoder", "embeddings.parquet")
+
+
+def os_cpu_count() -> int:
+    return os.cpu_count() or 1
