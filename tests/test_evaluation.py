@@ -445,3 +445,15 @@ def test_scores_are_percentages(seed):
     s = score_samples(samples, PostProcessing(0.5, 5), classes=["A", "B"])
     for v in (s.segment_f, s.event_f, s.segment_f_micro, s.event_f_micro):
         assert 0.0 <= v <= 100.0
+
+
+def test_float32_probs_are_kept_and_score_the_same():
+    s64 = parity_samples()
+    s32 = [
+        ScoredSample(s.sample_id, s.target, s.probs.astype(np.float32), s.events, s.n_valid)
+        for s in s64
+    ]
+    assert s32[0].probs.dtype == np.float32
+    a = score_samples(s64, PostProcessing(0.5, 3), classes=CLASSES)
+    b = score_samples(s32, PostProcessing(0.5, 3), classes=CLASSES)
+    assert (a.segment_f, a.event_f) == (b.segment_f, b.event_f)

@@ -84,7 +84,9 @@ class ScoredSample:
     n_valid: int | None = None
 
     def __post_init__(self) -> None:
-        probs = np.asarray(self.probs, dtype=np.float64)
+        probs = np.asarray(self.probs)
+        if not np.issubdtype(probs.dtype, np.floating):
+            probs = probs.astype(np.float64)  # keep float32 as given: no copy of big sets
         if probs.ndim != 1:
             raise ValueError(
                 f"sample {self.sample_id!r}: probs must be 1-D (frames,), got shape {probs.shape}"
@@ -193,7 +195,7 @@ def median_filter(probs: np.ndarray, window: int) -> np.ndarray:
     Returns a new float array of the same length; ``window=1`` returns a copy.
     """
     _check_window(window, "median window")
-    x = np.asarray(probs, dtype=np.float64)
+    x = np.asarray(probs, dtype=float)
     if x.ndim != 1:
         raise ValueError(f"median_filter expects a 1-D array (frames,), got shape {x.shape}")
     if window == 1 or x.size == 0:
