@@ -89,6 +89,7 @@ class DetectorConfig:
 
     channels: tuple[int, int, int, int, int] = (64, 128, 256, 512, 512)
     time_pool_block: int = 0  # index of the conv block that pools time x2 (-> 40 ms frames)
+    freq_pool: tuple[int, int, int, int, int] = (2, 2, 2, 2, 2)  # per-block mel-axis pooling
     gru_hidden: int = 256
     fc_hidden: int = 256
     embedding_dim: int = 128
