@@ -24,14 +24,21 @@ from tsd_ray.synthetic import PRESETS, CorpusDirError, corpus_size_bytes, make_c
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", required=True, help="output folder (created; must be empty or hold this corpus)")
-    parser.add_argument("--preset", default="tiny", choices=sorted(PRESETS), help="corpus size (default tiny)")
+    parser.add_argument(
+        "--out", required=True, help="output folder (created; must be empty or hold this corpus)"
+    )
+    parser.add_argument(
+        "--preset", default="tiny", choices=sorted(PRESETS), help="corpus size (default tiny)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument(
-        "--overlap-classes", action="store_true",
+        "--overlap-classes",
+        action="store_true",
         help="target classes include half of the source classes (URBAN-TSD-like variant)",
     )
-    parser.add_argument("--workers", type=int, default=None, help="processes (default: one per CPU)")
+    parser.add_argument(
+        "--workers", type=int, default=None, help="processes (default: one per CPU)"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     t0 = time.perf_counter()

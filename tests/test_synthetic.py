@@ -40,7 +40,11 @@ TIME = re.compile(r"^\d+\.\d{3}$")
 
 # A very small preset (1 class per family: 4 source + 4 target) for the multi-run tests.
 MICRO = SyntheticPreset(
-    "micro", 16000, 1, {"source_train": 4, "source_val": 2, "target_train": 4, "target_val": 2, "target_test": 2}, 1
+    "micro",
+    16000,
+    1,
+    {"source_train": 4, "source_val": 2, "target_train": 4, "target_val": 2, "target_test": 2},
+    1,
 )
 
 
@@ -119,7 +123,9 @@ def test_spec_file(tiny):
     assert spec["root"] == "." and spec["unknown_labels"] == "quarantine"
     assert spec["source_classes"] == list(s) and spec["target_classes"] == list(t)
     assert spec["splits"]["target_train"] == {
-        "format": "dcase_weak", "labels": "metadata/target_train_weak.tsv", "audio": "audio/target_train"
+        "format": "dcase_weak",
+        "labels": "metadata/target_train_weak.tsv",
+        "audio": "audio/target_train",
     }
     assert spec["splits"]["target_train_strong"]["format"] == "dcase_strong"
     assert spec["references"]["format"] == "dcase_reference"
@@ -183,7 +189,12 @@ def test_audio_files(tiny):
     for split in SPLITS:
         for path in sorted((tiny / "audio" / split).glob("*.wav"))[:6]:
             info = sf.info(path)
-            assert (info.samplerate, info.channels, info.subtype, info.frames) == (sr, 1, "PCM_16", 10 * sr)
+            assert (info.samplerate, info.channels, info.subtype, info.frames) == (
+                sr,
+                1,
+                "PCM_16",
+                10 * sr,
+            )
     for path in (tiny / "audio" / "references").glob("*.wav"):
         info = sf.info(path)
         assert info.channels == 1 and info.subtype == "PCM_16" and info.samplerate == sr
@@ -291,7 +302,7 @@ def test_same_seed_same_bytes_serial_and_parallel(tmp_path, monkeypatch):
     write_metadata(other, tmp_path / "c")
     assert _digests(tmp_path / "c")["metadata/source_train.tsv"] != da["metadata/source_train.tsv"]
     y3, _ = sf.read(a / "audio" / "target_val" / "target_val_00000.wav", dtype="float32")
-    y4 = render_clip(other.mixtures["target_val"][0], MICRO.sample_rate)
+    y4 = render_clip(other.mixtures["target_val"][0])
     assert y3.shape == y4.shape and not np.allclose(y3, y4, atol=1e-3)
 
 
@@ -315,8 +326,8 @@ def test_rerun_is_a_noop_and_other_corpora_are_refused(tiny, tmp_path):
 def test_interrupted_run_leaves_no_marker_and_resumes(tmp_path, monkeypatch):
     real = corpus_mod._render_batch
 
-    def dies_halfway(clips, audio_root, sr):
-        real(clips[:5], audio_root, sr)
+    def dies_halfway(clips, audio_root):
+        real(clips[:5], audio_root)
         raise KeyboardInterrupt
 
     out = tmp_path / "run"

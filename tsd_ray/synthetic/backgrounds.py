@@ -54,13 +54,18 @@ def _control(n: int, sr: int) -> tuple[int, int]:
 def source_background(n: int, sr: int, rng: np.random.Generator) -> np.ndarray:
     """Pink/brown noise + mains hum + slow level drift: (n,) float32, unit RMS."""
     alpha = np.float32(rng.uniform(1.0, 1.8))  # power ~ 1/f^alpha (1 pink, 2 brown)
-    noise = coloured_noise(n, sr, rng, lambda logf: -0.5 * alpha * logf + highpass_log(logf, 20.0, sr))
+    noise = coloured_noise(
+        n, sr, rng, lambda logf: -0.5 * alpha * logf + highpass_log(logf, 20.0, sr)
+    )
     mains = float(rng.choice([50.0, 60.0]))
     ks = np.arange(1, 9, dtype=np.float32)
     amps = rng.uniform(0.2, 1.0, size=ks.shape).astype(np.float32) / ks
     t1 = np.arange(sr, dtype=np.float32) / np.float32(sr)  # one second = whole mains periods
     phases = rng.uniform(0, 2 * np.pi, size=ks.shape).astype(np.float32)
-    one = (amps[:, None] * np.sin(np.float32(2 * np.pi * mains) * ks[:, None] * t1[None, :] + phases[:, None])).sum(0)
+    one = (
+        amps[:, None]
+        * np.sin(np.float32(2 * np.pi * mains) * ks[:, None] * t1[None, :] + phases[:, None])
+    ).sum(0)
     hum = np.resize(one, n)
     hum_db = rng.uniform(-24.0, -8.0)
     hop, count = _control(n, sr)
@@ -82,7 +87,10 @@ def target_background(n: int, sr: int, rng: np.random.Generator) -> tuple[np.nda
     f_lo = rng.uniform(80.0, 150.0)
     gamma = np.float32(rng.uniform(0.8, 1.3))
     noise = coloured_noise(
-        n, sr, rng, lambda logf: highpass_log(logf, f_lo, sr) - gamma * np.log(1.0 + np.exp(logf) / fp)
+        n,
+        sr,
+        rng,
+        lambda logf: highpass_log(logf, f_lo, sr) - gamma * np.log(1.0 + np.exp(logf) / fp),
     )
     syll = np.zeros(count, dtype=np.float64)
     for _ in range(int(rng.integers(4, 9))):  # talkers
@@ -124,7 +132,9 @@ def target_channel(sr: int, rng: np.random.Generator) -> np.ndarray:
         [
             pass_sos("highpass", rng.uniform(150.0, 400.0), 0.7071, sr),
             pass_sos("lowpass", rng.uniform(4500.0, 7000.0), 0.7071, sr),
-            peaking_sos(rng.uniform(1000.0, 3000.0), rng.uniform(3.0, 8.0), rng.uniform(0.7, 2.0), sr),
+            peaking_sos(
+                rng.uniform(1000.0, 3000.0), rng.uniform(3.0, 8.0), rng.uniform(0.7, 2.0), sr
+            ),
         ]
     )
 
@@ -132,4 +142,6 @@ def target_channel(sr: int, rng: np.random.Generator) -> np.ndarray:
 def reference_background(n: int, sr: int, rng: np.random.Generator) -> np.ndarray:
     """Light white-to-pink noise of an isolated reference recording, (n,) float32 unit RMS."""
     alpha = np.float32(rng.uniform(0.0, 1.2))
-    return coloured_noise(n, sr, rng, lambda logf: -0.5 * alpha * logf + highpass_log(logf, 30.0, sr))
+    return coloured_noise(
+        n, sr, rng, lambda logf: -0.5 * alpha * logf + highpass_log(logf, 30.0, sr)
+    )

@@ -64,11 +64,18 @@ REFERENCE_CLIP_S = (0.5, 4.0)
 _AUTO_PARALLEL_MIN_CLIPS = 400
 _BATCH = 24  # clips per task sent to a worker process
 
-_SPLIT_CODE = {split: i + 1 for i, split in enumerate(SPLITS)}
-_REFERENCE_CODE = len(SPLITS) + 1
+# Random-stream codes; fixed here (not derived from SPLITS) so the bytes never depend on it.
+_SPLIT_CODE = {
+    "source_train": 1,
+    "source_val": 2,
+    "target_train": 3,
+    "target_val": 4,
+    "target_test": 5,
+}
+_REFERENCE_CODE = 6
 _PLAN, _AUDIO, _ORDER = 0, 1, 2  # random streams of one clip
 
-#: The domain pattern over a family's classes (see _assign_domains).
+#: The domain pattern over a family's classes (see class_sets).
 _DOMAIN_PATTERN = ("source", "target", "target", "source", "source", "target", "target")
 
 
@@ -94,20 +101,42 @@ class SyntheticPreset:
 
 PRESETS: dict[str, SyntheticPreset] = {
     "tiny": SyntheticPreset(
-        "tiny", 16000, 2,
-        {"source_train": 48, "source_val": 16, "target_train": 64, "target_val": 16, "target_test": 16},
+        "tiny",
+        16000,
+        2,
+        {
+            "source_train": 48,
+            "source_val": 16,
+            "target_train": 64,
+            "target_val": 16,
+            "target_test": 16,
+        },
         3,
     ),
     "demo": SyntheticPreset(
-        "demo", 32000, 5,
-        {"source_train": 800, "source_val": 160, "target_train": 1600, "target_val": 200,
-         "target_test": 300},
+        "demo",
+        32000,
+        5,
+        {
+            "source_train": 800,
+            "source_val": 160,
+            "target_train": 1600,
+            "target_val": 200,
+            "target_test": 300,
+        },
         8,
     ),
     "paper": SyntheticPreset(
-        "paper", 44100, 7,
-        {"source_train": 4000, "source_val": 800, "target_train": 8000, "target_val": 1000,
-         "target_test": 1500},
+        "paper",
+        44100,
+        7,
+        {
+            "source_train": 4000,
+            "source_val": 800,
+            "target_train": 8000,
+            "target_val": 1000,
+            "target_test": 1500,
+        },
         20,
     ),
 }
@@ -131,6 +160,7 @@ class ClipPlan:
     split: str  # a split of SPLITS, or "references"
     filename: str
     domain: str  # "source" | "target" | "reference"
+    sample_rate: int  # Hz; onsets, lengths and n_samples are in samples at this rate
     n_samples: int
     level_dbfs: float
     events: tuple[EventPlan, ...]
@@ -170,7 +200,9 @@ def get_preset(preset: str | SyntheticPreset) -> SyntheticPreset:
     return PRESETS[preset]
 
 
-def class_sets(preset: str | SyntheticPreset, overlap_classes: bool = False) -> tuple[tuple[str, ...], tuple[str, ...]]:
+def class_sets(
+    preset: str | SyntheticPreset, overlap_classes: bool = False
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """(source_classes, target_classes) of a preset.
 
     Each family contributes its first ``classes_per_family`` classes, split between domains
@@ -181,7 +213,9 @@ def class_sets(preset: str | SyntheticPreset, overlap_classes: bool = False) -> 
     """
     p = get_preset(preset)
     if not 1 <= p.classes_per_family <= len(_DOMAIN_PATTERN):
-        raise ValueError(f"preset {p.name}: classes_per_family must be in 1..{len(_DOMAIN_PATTERN)}")
+        raise ValueError(
+            f"preset {p.name}: classes_per_family must be in 1..{len(_DOMAIN_PATTERN)}"
+        )
     source: list[str] = []
     target: list[str] = []
     for fi, family in enumerate(FAMILIES):
@@ -234,7 +268,9 @@ def _plan_events(
     return tuple(sorted(events, key=lambda e: (e.onset, e.label)))
 
 
-def _plan_split(split: str, preset: SyntheticPreset, seed: int, classes: tuple[str, ...]) -> tuple[ClipPlan, ...]:
+def _plan_split(
+    split: str, preset: SyntheticPreset, seed: int, classes: tuple[str, ...]
+) -> tuple[ClipPlan, ...]:
     count = preset.mixtures[split]
     domain = SPLIT_DOMAIN[split]
     code = _SPLIT_CODE[split]
@@ -255,6 +291,7 @@ def _plan_split(split: str, preset: SyntheticPreset, seed: int, classes: tuple[s
                 split=split,
                 filename=f"{split}_{i:05d}.wav",
                 domain=domain,
+                sample_rate=sr,
                 n_samples=n_clip,
                 level_dbfs=float(rng.uniform(*LEVEL_DBFS)),
                 events=events,
@@ -264,7 +301,9 @@ def _plan_split(split: str, preset: SyntheticPreset, seed: int, classes: tuple[s
     return tuple(clips)
 
 
-def _plan_references(preset: SyntheticPreset, seed: int, classes: tuple[str, ...]) -> tuple[ClipPlan, ...]:
+def _plan_references(
+    preset: SyntheticPreset, seed: int, classes: tuple[str, ...]
+) -> tuple[ClipPlan, ...]:
     sr = preset.sample_rate
     clips = []
     index = 0
@@ -276,18 +315,17 @@ def _plan_references(preset: SyntheticPreset, seed: int, classes: tuple[str, ...
             length = max(2, int(round(params["duration"] * sr)))
             pre = int(round(rng.uniform(*REFERENCE_PAD_S) * sr))
             post = int(round(rng.uniform(*REFERENCE_PAD_S) * sr))
-            total = pre + length + post
+            # clip length within REFERENCE_CLIP_S: only the trailing pad gives or takes
             lo, hi = (int(round(s * sr)) for s in REFERENCE_CLIP_S)
-            if total < lo:
-                post += lo - total
-            total = min(max(pre + length + post, lo), hi)
-            length = min(length, total - pre)
+            post = min(max(post, lo - pre - length), hi - pre - length)
+            total = pre + length + post
             ev = EventPlan(name, pre, length, float(rng.uniform(*REFERENCE_SNR_DB)), params)
             clips.append(
                 ClipPlan(
                     split="references",
                     filename=f"ref_{index:05d}.wav",
                     domain="reference",
+                    sample_rate=sr,
                     n_samples=total,
                     level_dbfs=float(rng.uniform(*LEVEL_DBFS)),
                     events=(ev,),
@@ -311,7 +349,9 @@ def plan_corpus(
         classes = source if SPLIT_DOMAIN[split] == "source" else target
         mixtures[split] = _plan_split(split, p, seed, classes)
     used = source + tuple(c for c in target if c not in source)
-    return CorpusPlan(p, seed, overlap_classes, source, target, mixtures, _plan_references(p, seed, used))
+    return CorpusPlan(
+        p, seed, overlap_classes, source, target, mixtures, _plan_references(p, seed, used)
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -319,16 +359,15 @@ def plan_corpus(
 # --------------------------------------------------------------------------------------------
 
 
-def render_clip(clip: ClipPlan, sr: int) -> np.ndarray:
-    """Audio of one planned clip, (n_samples,) float32 in [-1, 1].
+def render_clip(clip: ClipPlan) -> np.ndarray:
+    """Audio of one planned clip at ``clip.sample_rate``: (n_samples,) float32 in [-1, 1].
 
-    Background (unit RMS) + events (unit active level, see sounds.active_rms) at their SNR, then
-    (target domain) the channel EQ,
-    then the whole clip is scaled to its loudness and, if needed, down so its peak stays
-    below PEAK_LIMIT. Labels are unchanged by the scaling.
+    Background (unit RMS) + events (unit active level, see sounds.active_rms) at their SNR,
+    then (target domain) the channel EQ; then the whole clip is scaled to its loudness and,
+    if needed, down so its peak stays below PEAK_LIMIT. Labels are unchanged by the scaling.
     """
     rng = np.random.default_rng(list(clip.audio_seed))
-    n = clip.n_samples
+    n, sr = clip.n_samples, clip.sample_rate
     channel = None
     if clip.domain == "source":
         mix = source_background(n, sr, rng)
@@ -358,14 +397,14 @@ def _write_wav(path: Path, audio: np.ndarray, sr: int) -> None:
     os.replace(tmp, path)
 
 
-def _render_batch(clips: list[ClipPlan], audio_root: str, sr: int) -> int:
+def _render_batch(clips: list[ClipPlan], audio_root: str) -> int:
     """Render and write clips whose file does not exist yet; returns how many were written."""
     written = 0
     for clip in clips:
         path = Path(audio_root) / clip.split / clip.filename
         if path.exists():
             continue  # written by an earlier, interrupted run (files land atomically)
-        _write_wav(path, render_clip(clip, sr), sr)
+        _write_wav(path, render_clip(clip), clip.sample_rate)
         written += 1
     return written
 
@@ -385,12 +424,16 @@ def _strong_rows(clips: Iterable[ClipPlan], sr: int) -> list[str]:
     rows = ["filename\tonset\toffset\tevent_label"]
     for clip in clips:
         for ev in clip.events:
-            rows.append(f"{clip.filename}\t{ev.onset / sr:.3f}\t{(ev.onset + ev.length) / sr:.3f}\t{ev.label}")
+            rows.append(
+                f"{clip.filename}\t{ev.onset / sr:.3f}\t{(ev.onset + ev.length) / sr:.3f}\t{ev.label}"
+            )
     return rows
 
 
 def _spec_text(plan: CorpusPlan) -> str:
-    name = f"synthetic-{plan.preset.name}-seed{plan.seed}" + ("-overlap" if plan.overlap_classes else "")
+    name = f"synthetic-{plan.preset.name}-seed{plan.seed}" + (
+        "-overlap" if plan.overlap_classes else ""
+    )
 
     def entry(fmt: str, labels: str, audio: str) -> str:
         return f"{{format: {fmt}, labels: {labels}, audio: {audio}}}"
@@ -403,9 +446,11 @@ def _spec_text(plan: CorpusPlan) -> str:
         f"target_classes: [{', '.join(plan.target_classes)}]",
         "unknown_labels: quarantine",
         "splits:",
-        "  source_train: " + entry("dcase_strong", "metadata/source_train.tsv", "audio/source_train"),
+        "  source_train: "
+        + entry("dcase_strong", "metadata/source_train.tsv", "audio/source_train"),
         "  source_val: " + entry("dcase_strong", "metadata/source_val.tsv", "audio/source_val"),
-        "  target_train: " + entry("dcase_weak", "metadata/target_train_weak.tsv", "audio/target_train"),
+        "  target_train: "
+        + entry("dcase_weak", "metadata/target_train_weak.tsv", "audio/target_train"),
         "  target_train_strong: "
         + entry("dcase_strong", "metadata/target_train_strong.tsv", "audio/target_train"),
         "  target_val: " + entry("dcase_strong", "metadata/target_val.tsv", "audio/target_val"),
@@ -469,14 +514,18 @@ def write_metadata(plan: CorpusPlan, out: Path) -> None:
     meta = out / "metadata"
     meta.mkdir(parents=True, exist_ok=True)
     for split in ("source_train", "source_val", "target_val", "target_test"):
-        _atomic_text(meta / f"{split}.tsv", "\n".join(_strong_rows(plan.mixtures[split], sr)) + "\n")
+        _atomic_text(
+            meta / f"{split}.tsv", "\n".join(_strong_rows(plan.mixtures[split], sr)) + "\n"
+        )
     tt = plan.mixtures["target_train"]
     _atomic_text(meta / "target_train_strong.tsv", "\n".join(_strong_rows(tt, sr)) + "\n")
     weak = ["filename\tevent_labels"] + [
         f"{c.filename}\t{','.join(sorted({e.label for e in c.events}))}" for c in tt
     ]
     _atomic_text(meta / "target_train_weak.tsv", "\n".join(weak) + "\n")
-    refs = ["filename\tevent_label"] + [f"{c.filename}\t{c.events[0].label}" for c in plan.references]
+    refs = ["filename\tevent_label"] + [
+        f"{c.filename}\t{c.events[0].label}" for c in plan.references
+    ]
     _atomic_text(meta / "references.tsv", "\n".join(refs) + "\n")
     _atomic_text(meta / "event_details.tsv", "\n".join(_details_rows(plan, sr)) + "\n")
     _atomic_text(out / "classes.json", _classes_json(plan))
@@ -513,7 +562,9 @@ def _read_json(path: Path) -> dict:
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
-        raise CorpusDirError(f"{path}: unreadable marker ({exc}); delete the folder and run again") from exc
+        raise CorpusDirError(
+            f"{path}: unreadable marker ({exc}); delete the folder and run again"
+        ) from exc
     return data if isinstance(data, dict) else {}
 
 
@@ -587,26 +638,29 @@ def make_corpus(
         for stale in (audio / sub).glob("*.part"):
             stale.unlink()  # half-written file of an interrupted run
     clips = [c for split in SPLITS for c in plan.mixtures[split]] + list(plan.references)
-    sr = p.sample_rate
     if num_workers is None:  # auto: processes only pay off beyond a few hundred clips
         workers = (os.cpu_count() or 1) if len(clips) >= _AUTO_PARALLEL_MIN_CLIPS else 1
     else:
         workers = num_workers
     if workers <= 1:
-        written = _render_batch(clips, str(audio), sr)
+        written = _render_batch(clips, str(audio))
     else:
         batches = _batches(clips, _BATCH)
         with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
-            written = sum(pool.map(_render_batch, batches, [str(audio)] * len(batches), [sr] * len(batches)))
+            written = sum(pool.map(_render_batch, batches, [str(audio)] * len(batches)))
     write_metadata(plan, out)
     counts = {split: len(plan.mixtures[split]) for split in SPLITS}
     counts["references"] = len(plan.references)
-    done = {**wanted, "sample_rate": sr, "counts": counts, "classes": len(plan.classes)}
+    done = {**wanted, "sample_rate": p.sample_rate, "counts": counts, "classes": len(plan.classes)}
     _atomic_text(out / MARKER, json.dumps(done, indent=2) + "\n")
     (out / IN_PROGRESS).unlink(missing_ok=True)
     log.info(
         "synthetic corpus %s (seed %d): %d files rendered in %.1f s -> %s",
-        p.name, seed, written, time.perf_counter() - t0, out,
+        p.name,
+        seed,
+        written,
+        time.perf_counter() - t0,
+        out,
     )
     return out / SPEC_NAME
 

@@ -11,7 +11,9 @@ from scipy import fft as sfft
 
 def unit_rms(y: np.ndarray) -> np.ndarray:
     """``y`` scaled to unit RMS, float32."""
-    return (y / np.float32(np.sqrt(np.mean(np.square(y, dtype=np.float64))) + 1e-12)).astype(np.float32)
+    return (y / np.float32(np.sqrt(np.mean(np.square(y, dtype=np.float64))) + 1e-12)).astype(
+        np.float32
+    )
 
 
 def fft_len(n: int) -> int:
@@ -35,7 +37,9 @@ def log_freqs(length: int, sr: int) -> np.ndarray:
     return out
 
 
-def noise_from_log_gain(n: int, length: int, log_gain: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def noise_from_log_gain(
+    n: int, length: int, log_gain: np.ndarray, rng: np.random.Generator
+) -> np.ndarray:
     """Random-phase noise with spectral amplitude exp(log_gain) (rfft bins of ``length``).
 
     The first n samples, (n,) float32, unit RMS. Bin 0 (DC) is always zeroed.

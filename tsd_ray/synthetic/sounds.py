@@ -71,7 +71,9 @@ class SoundClass:
         }
 
 
-def _c(name: str, family: str, kind: str, dur: tuple[float, float], desc: str, **params) -> SoundClass:
+def _c(
+    name: str, family: str, kind: str, dur: tuple[float, float], desc: str, **params
+) -> SoundClass:
     """Catalogue helper: tuple values are ranges, everything else is fixed (lists -> tuples)."""
     ranges = {k: (float(v[0]), float(v[1])) for k, v in params.items() if isinstance(v, tuple)}
     fixed = {
@@ -87,6 +89,7 @@ _SHORT_ENV = {"attack": (0.002, 0.008), "release": (0.005, 0.02)}
 
 # Per family: [anchor, pair A (2), pair B (2), pair C (2)]. Presets take the first k of each
 # family; the domain pattern keeps each confusable pair inside one domain (see corpus.py).
+# fmt: off
 _CATALOGUE: tuple[SoundClass, ...] = (
     # ---- tonal: steady sines with vibrato / tremolo ----------------------------------------
     _c("tone_2600_beep", "tonal", "tone", (0.15, 0.5), "short electronic beep",
@@ -251,6 +254,7 @@ _CATALOGUE: tuple[SoundClass, ...] = (
     _c("fm_trill_3700", "fm_texture", "fm", (0.3, 1.2), "fast trill around 3.7 kHz",
        fc=(3600, 3800), fm_rate=(25, 30), dev=(400, 600), mode="warble", **_SHORT_ENV),
 )
+# fmt: on
 
 #: Every class of the catalogue by name (56 classes, 7 per family).
 CLASSES: dict[str, SoundClass] = {c.name: c for c in _CATALOGUE}
@@ -303,7 +307,9 @@ def ar_envelope(n: int, sr: int, attack_s: float, release_s: float) -> np.ndarra
     return env
 
 
-def phase_from_freq(freq_hz: np.ndarray | float, n: int, sr: int, phase0: float = 0.0) -> np.ndarray:
+def phase_from_freq(
+    freq_hz: np.ndarray | float, n: int, sr: int, phase0: float = 0.0
+) -> np.ndarray:
     """Instantaneous phase (radians, wrapped to [0, 2π)) of a frequency track, (n,) float32.
 
     Accumulated in float64 and wrapped before the cast so long high tones keep their pitch.
@@ -382,7 +388,9 @@ def _r_harmonic(p: dict, fx: dict, n: int, sr: int, rng: np.random.Generator) ->
         fk = ks * p["f0"]
         bw = p["formant_bw"]
         amps = amps * (
-            0.05 + np.exp(-0.5 * ((fk - p["f1"]) / bw) ** 2) + np.exp(-0.5 * ((fk - p["f2"]) / bw) ** 2)
+            0.05
+            + np.exp(-0.5 * ((fk - p["f1"]) / bw) ** 2)
+            + np.exp(-0.5 * ((fk - p["f2"]) / bw) ** 2)
         )
     amps = amps * rng.uniform(0.85, 1.0, size=ks.shape)  # small per-instance timbre jitter
     return _partials(theta, amps, ks)
@@ -400,7 +408,9 @@ def _r_chirp(p: dict, fx: dict, n: int, sr: int, rng: np.random.Generator) -> np
         freq = p["f_start"] * (p["f_end"] / p["f_start"]) ** u
         window = np.sqrt(np.sin(np.pi * u)).astype(np.float32)  # one chirp per period
     elif mode == "siren":  # sinusoidal sweep of +-depth_oct octaves around fc
-        freq = p["fc"] * 2.0 ** (p["depth_oct"] * np.sin(2 * np.pi * t / p["period"] + rng.uniform(0, 2 * np.pi)))
+        freq = p["fc"] * 2.0 ** (
+            p["depth_oct"] * np.sin(2 * np.pi * t / p["period"] + rng.uniform(0, 2 * np.pi))
+        )
     else:  # pragma: no cover - catalogue is fixed
         raise ValueError(f"unknown chirp mode {mode!r}")
     theta = phase_from_freq(freq, n, sr, rng.uniform(0, 2 * np.pi))
@@ -519,7 +529,9 @@ def _r_fm(p: dict, fx: dict, n: int, sr: int, rng: np.random.Generator) -> np.nd
         theta_m = phase_from_freq(fm, n, sr, rng.uniform(0, 2 * np.pi))
         return np.exp(-t / tau) * np.sin(theta_c + index * np.sin(theta_m))
     if mode == "warble":
-        freq = p["fc"] + p["dev"] * np.sin(2 * np.pi * p["fm_rate"] * t.astype(np.float64) + rng.uniform(0, 6.28))
+        freq = p["fc"] + p["dev"] * np.sin(
+            2 * np.pi * p["fm_rate"] * t.astype(np.float64) + rng.uniform(0, 6.28)
+        )
         return np.sin(phase_from_freq(freq, n, sr, rng.uniform(0, 2 * np.pi)))
     if mode == "growl":
         theta_c = phase_from_freq(p["fc"], n, sr, rng.uniform(0, 2 * np.pi))
@@ -538,6 +550,7 @@ _RENDERERS: dict[str, Callable[..., np.ndarray]] = {
     "am": _r_am,
     "fm": _r_fm,
 }
+
 
 def render_event(
     cls: SoundClass, params: dict[str, float], n: int, sr: int, rng: np.random.Generator
