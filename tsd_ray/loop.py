@@ -104,6 +104,7 @@ class Context:
     cfg: Config
     phase: PhaseSpec
     manifest: dict
+    sources: dict  # {"features": URI, "embeddings": URI}: where the data of this phase lives
     device: torch.device
     model: nn.Module  # PhaseModel, possibly DDP-wrapped
     core: PhaseModel  # unwrapped
@@ -140,9 +141,9 @@ def setup(config: dict) -> Context:
     import ray.train
     from ray.train.torch import get_device, prepare_model
 
+    from tsd_ray.losses import KDProjector
     from tsd_ray.models.detector import Detector
     from tsd_ray.models.discriminator import Discriminator
-    from tsd_ray.losses import KDProjector
 
     cfg = config_from_dict(config["cfg"])
     phase = PhaseSpec(**config["phase"])
@@ -174,6 +175,7 @@ def setup(config: dict) -> Context:
         cfg=cfg,
         phase=phase,
         manifest=manifest,
+        sources={"features": config.get("features"), "embeddings": config["embeddings"]},
         device=device,
         model=core,
         core=core,
@@ -397,7 +399,7 @@ def _student_payload(ctx: Context, state: dict, metrics: dict) -> dict:
         student,
         n_mels=int(ctx.manifest["frontend"]["n_mels"]),
         classes=ctx.manifest["classes"],
-        meta={"phase": ctx.phase.name, "metrics": metrics, "frontend": ctx.manifest["frontend"]},
+        meta={"phase": ctx.phase.name, "metrics": metrics, "frontend": ctx.manifest["frontend"], **ctx.sources},
     )
     payload["state_dict"] = state
     return payload

@@ -73,6 +73,7 @@ def loop_config(cfg: Config, phase: PhaseSpec, manifest: Manifest, embeddings_ur
         "cfg": cfg.to_dict(),
         "phase": phase.to_dict(),
         "manifest": manifest.data,
+        "features": manifest.uri,
         "embeddings": embeddings_uri,
         "fault_marker": fault_marker,
     }

@@ -1,0 +1,57 @@
+"""Score a trained student on a split: post-processing tuned on validation, sed_eval F-scores.
+
+    python jobs/evaluate.py --checkpoint ~/tsd_runs/tiny/tiny-MS-it1_f/checkpoint_.../model.pt --split target_test
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from tsd_ray.cli import add_config_args, config_from_args, setup_logging  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True, help="student model file (model.pt) or its checkpoint folder")
+    p.add_argument("--split", default="target_test", help="split to score (default target_test)")
+    p.add_argument("--val-split", default=None, help="split post-processing is tuned on (default: the domain's val)")
+    p.add_argument("--features", help="features URI (default: the one recorded in the checkpoint)")
+    p.add_argument("--embeddings", help="reference embedding table (default: recorded in the checkpoint)")
+    p.add_argument("--out", help="folder for evaluation.json / evaluation.md (default: beside the checkpoint)")
+    add_config_args(p)
+    args = p.parse_args(argv)
+    setup_logging()
+    cfg = config_from_args(args)
+
+    from tsd_ray import storage
+    from tsd_ray.checkpoint import CheckpointError, load_payload
+    from tsd_ray.data import load_manifest
+    from tsd_ray.predict import evaluate_model
+    from tsd_ray.report import write_evaluation
+
+    model = args.checkpoint
+    if not model.endswith(".pt"):
+        model = storage.join(model, "model.pt")
+    try:
+        meta = load_payload(model)["meta"]
+    except CheckpointError as exc:
+        sys.exit(f"error: {exc}")
+    features = args.features or meta.get("features")
+    embeddings = args.embeddings or meta.get("embeddings")
+    if not features or not embeddings:
+        sys.exit("error: the checkpoint does not record its features/embeddings; pass --features and --embeddings")
+    val_split = args.val_split or ("source_val" if args.split.startswith("source") else "target_val")
+    res = evaluate_model(model, load_manifest(features), embeddings, cfg.eval, split=args.split, val_split=val_split)
+    out = args.out or os.path.dirname(storage.expand(model))
+    write_evaluation(res, out)
+    print(json.dumps({k: res[k] for k in ("split", "segment_f", "event_f", "postprocessing")}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,99 @@
+"""One phase on Ray Train (2 workers, DDP on gloo), checkpoints, encoder, evaluation job."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from test_build import make_corpus
+
+from tsd_ray import checkpoint as ckpt
+from tsd_ray.build import build_features
+from tsd_ray.config import load_config
+from tsd_ray.data import iter_local, load_manifest
+from tsd_ray.phase import make_phase
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, ray_local):
+    """Features, encoder and embedding table of a small corpus (built once per module)."""
+    from tsd_ray.encoder_train import embed_references, pretrain_encoder
+    from tsd_ray.runner import embeddings_file
+
+    root = tmp_path_factory.mktemp("train")
+    cfg = load_config("tiny", ["frontend.device=cpu", "encoder.epochs=2", "train.num_workers=2"])
+    corpus = make_corpus(root / "corpus", n_per_split=6)
+    build_features(corpus, str(root / "features"), frontend=cfg.frontend, samples_cfg=cfg.samples,
+                   build_cfg=cfg.build, use_ray=False)
+    manifest = load_manifest(str(root / "features"))
+    enc = pretrain_encoder(cfg, manifest, storage_path=str(root / "runs"), run_name="t")
+    emb = embed_references(enc, manifest, embeddings_file(str(root / "runs"), "t"))
+    return {"cfg": cfg, "manifest": manifest, "encoder": enc, "embeddings": emb, "root": root}
+
+
+def test_encoder_checkpoint_and_embedding_table(trained):
+    import pyarrow.parquet as pq
+
+    enc = ckpt.load_encoder(trained["encoder"])
+    assert not enc.training
+    t = pq.read_table(trained["embeddings"])
+    assert t.num_rows == 8  # 4 classes x 2 references
+    emb = np.stack(t.column("embedding").to_numpy(zero_copy_only=False))
+    assert emb.shape == (8, trained["cfg"].encoder.embedding_dim)
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), np.sqrt(emb.shape[1]), rtol=1e-4)
+    assert set(t.column("label").to_pylist()) == {"s1", "s2", "t1", "t2"}
+
+
+def test_two_worker_phase_lowers_loss_and_checkpoint_describes_itself(trained):
+    from tsd_ray.runner import run_phase
+
+    cfg = trained["cfg"]
+    spec = make_phase(cfg, "f_source", "f_src", student="f", train_split="source_train",
+                      val_split="source_val", loss="frame", adversarial=True).with_(epochs=4, patience=10, lr=3e-3)
+    res = run_phase(cfg, spec, trained["manifest"], trained["embeddings"],
+                    storage_path=str(trained["root"] / "runs"), run_name="t")
+    losses = [h["loss"] for h in res.history]
+    assert len(losses) == 4
+    assert losses[-1] < losses[0], losses
+    assert all("loss_domain" in h for h in res.history)  # the adversary trained alongside
+    # the model file rebuilds the student alone (config inside), weights as trained
+    payload = ckpt.load_payload(res.model_uri)
+    assert payload["kind"] == "f" and payload["config"]["channels"] == list(cfg.detector.channels)
+    assert payload["meta"]["features"] == trained["manifest"].uri
+    model = ckpt.build_student(payload)
+    batch = next(iter_local(trained["manifest"], "source_val"))
+    emb = torch.zeros(len(batch["mel"]), cfg.detector.embedding_dim)
+    with torch.no_grad():
+        out = model(torch.as_tensor(batch["mel"]).float(), emb)
+    assert out.frame_probs.shape == (len(batch["mel"]), 250)
+    trained["f_model"] = res.model_uri
+
+
+def test_evaluate_job_scores_the_checkpoint(trained, tmp_path):
+    model = trained.get("f_model")
+    if model is None:
+        pytest.skip("needs the phase test's checkpoint")
+    out = tmp_path / "eval"
+    r = subprocess.run(
+        [sys.executable, "jobs/evaluate.py", "--checkpoint", model, "--split", "source_val",
+         "--val-split", "source_val", "--config", "tiny", "--out", str(out)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads((out / "evaluation.json").read_text())
+    assert 0.0 <= res["event_f"] <= 100.0 and 0.0 <= res["segment_f"] <= 100.0
+    assert set(res["per_class"]) == {"s1", "s2"}
+    assert "segment" in (out / "evaluation.md").read_text().lower()
+
+
+def test_corrupt_checkpoint_is_named(tmp_path):
+    bad = tmp_path / "model.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(ckpt.CheckpointError, match="model.pt"):
+        ckpt.load_payload(str(bad))
