@@ -34,7 +34,13 @@ import pyarrow.parquet as pq
 from tsd_ray import storage
 from tsd_ray.audio import AudioError, load_audio
 from tsd_ray.config import BuildConfig, FrontendConfig, SamplesConfig, to_dict
-from tsd_ray.features import LogMel, n_input_frames, n_output_frames, output_hop_seconds, pick_device
+from tsd_ray.features import (
+    LogMel,
+    n_input_frames,
+    n_output_frames,
+    output_hop_seconds,
+    pick_device,
+)
 from tsd_ray.samples import build_samples, summarize
 from tsd_ray.types import SPLITS, Corpus, Event, MixtureRecord, Quarantined
 
