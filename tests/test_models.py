@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 import torch
 from torch import nn
@@ -176,7 +174,6 @@ def test_load_panns_channel_mismatch_and_missing_file(tmp_path):
 
 def test_load_panns_full_public_shapes(tmp_path):
     """The real widths (64..2048, ~80 M parameters): keys and shapes of the public release."""
-    t0 = time.perf_counter()
     channels = EncoderConfig().channels
     path = tmp_path / "Cnn14_mAP=0.431.pth"
     sd = _write_panns_checkpoint(path, channels)
@@ -192,7 +189,6 @@ def test_load_panns_full_public_shapes(tmp_path):
         and "running" not in k
         and "num_batches" not in k
     )
-    assert time.perf_counter() - t0 < 30
 
 
 # ---------------------------------------------------------------------------- detector
