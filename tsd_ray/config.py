@@ -159,6 +159,9 @@ class TrainConfig:
     weight_decay: float = 0.0
     grad_clip: float = 5.0
     shuffle_buffer: int = 256  # local shuffle buffer rows for iter_torch_batches
+    # Splits with at most this many samples are expanded once per phase and kept in the object
+    # store (no Parquet read + expansion every epoch); larger ones stream from Parquet.
+    cache_max_samples: int = 20000
     mixed_precision: bool = True  # bf16 autocast on GPU; ignored on CPU
     max_failures: int = 2  # FailureConfig
     seed: int = 0

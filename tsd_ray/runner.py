@@ -79,16 +79,29 @@ def loop_config(cfg: Config, phase: PhaseSpec, manifest: Manifest, embeddings_ur
     }
 
 
-def phase_datasets(manifest: Manifest, phase: PhaseSpec, seed: int = 0) -> dict:
+def _cached(ds, n_samples: int, limit: int, shuffle: bool):
+    """Small splits: expand once and keep in the object store; big ones: stream every epoch."""
+    if n_samples > limit:
+        return ds
+    ds = ds.materialize()
+    return ds.randomize_block_order() if shuffle else ds
+
+
+def phase_datasets(manifest: Manifest, phase: PhaseSpec, seed: int = 0, cache_max_samples: int = 0) -> dict:
+    _, n_main = manifest.count(phase.train_split)
+    _, n_val = manifest.count(phase.val_split)
     train = read_samples(manifest, phase.train_split).select_columns(list(NUMERIC_KEYS))
     val = read_samples(manifest, phase.val_split, with_ids=True)
-    datasets = {"train": train, "val": val}
+    datasets = {
+        "train": _cached(train, n_main, cache_max_samples, shuffle=True),
+        "val": _cached(val, n_val, cache_max_samples, shuffle=False),
+    }
     aux = phase.aux_split
     if aux is not None:
-        _, n_main = manifest.count(phase.train_split)
         _, n_aux = manifest.count(aux)
         frac = min(1.0, n_main / max(1, n_aux))
-        datasets["aux"] = read_samples(manifest, aux, fraction=frac, seed=seed).select_columns(list(NUMERIC_KEYS))
+        ds = read_samples(manifest, aux, fraction=frac, seed=seed).select_columns(list(NUMERIC_KEYS))
+        datasets["aux"] = _cached(ds, int(n_aux * frac), cache_max_samples, shuffle=True)
     return datasets
 
 
@@ -118,7 +131,7 @@ def run_phase(
         torch_config=TorchConfig(backend="nccl" if cfg.train.use_gpu else "gloo"),
         scaling_config=scaling_config(cfg.train),
         run_config=run_config(name, storage_path, cfg.train.max_failures, callbacks),
-        datasets=phase_datasets(manifest, phase, cfg.train.seed),
+        datasets=phase_datasets(manifest, phase, cfg.train.seed, cfg.train.cache_max_samples),
         dataset_config=DataConfig(datasets_to_split=["train"]),
     )
     result = trainer.fit()
