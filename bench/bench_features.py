@@ -36,6 +36,7 @@ if __package__ in (None, ""):  # run as a file: make ``bench`` importable
 
 from bench.common import (
     DEFAULT_WORKDIR,
+    TreeSampler,
     build,
     init_ray,
     load_note,
@@ -93,6 +94,7 @@ def main(argv: list[str] | None = None) -> None:
     import librosa  # noqa: F401  (import cost excluded)
     import numpy as np
     import soundfile as sf
+    import torch
 
     from tsd_ray.build import ShardPlan, _run_on_ray_data
     from tsd_ray.config import BuildConfig, FrontendConfig
@@ -117,14 +119,21 @@ def main(argv: list[str] | None = None) -> None:
 
     rows = []
     timings: dict[str, float] = {}
+    cpu: dict[str, float] = {}
+
+    def sampler() -> TreeSampler:  # CPU seconds of this process and all its descendants
+        return TreeSampler(os.getpid(), interval_s=0.1, memory=False).start()
 
     cache = drop()
     (run / "naive").mkdir()
+    cpu_s = sampler()
     t0 = time.perf_counter()
     for p in wavs:
         naive_extract(p, str(run / "naive"))
     timings["naive"] = time.perf_counter() - t0
-    rows.append(("naive librosa loop", 1, timings["naive"], args.n / timings["naive"]))
+    cpu_s.stop()
+    cpu["naive"] = cpu_s.cpu_seconds
+    rows.append(("naive librosa loop", 1, timings["naive"], args.n / timings["naive"], 1e3 * cpu["naive"] / args.n))
 
     if args.pool:
         import multiprocessing as mp
@@ -132,18 +141,40 @@ def main(argv: list[str] | None = None) -> None:
         drop()
         (run / "naive_pool").mkdir()
         ctx = mp.get_context("fork")
+        cpu_s = sampler()
         t0 = time.perf_counter()
         with ctx.Pool(args.pool) as pool:
             pool.map(_naive_star, [(p, str(run / "naive_pool")) for p in wavs], chunksize=4)
         timings["pool"] = time.perf_counter() - t0
-        rows.append((f"naive librosa x{args.pool} procs", args.pool, timings["pool"], args.n / timings["pool"]))
+        cpu_s.stop()
+        cpu["pool"] = cpu_s.cpu_seconds
+        rows.append((f"naive librosa x{args.pool} procs", args.pool, timings["pool"], args.n / timings["pool"],
+                     1e3 * cpu["pool"] / args.n))
 
     drop()
+    cpu_s = sampler()
     t0 = time.perf_counter()
     res = build(corpus, run / "serial", rows_per_shard=rps, workers=args.workers, use_ray=False)
     timings["serial"] = time.perf_counter() - t0
+    cpu_s.stop()
+    cpu["serial"] = cpu_s.cpu_seconds
     assert res.quarantined == () and res.shards_written == res.shards_total
-    rows.append(("tsd_ray build, serial", 1, timings["serial"], args.n / timings["serial"]))
+    rows.append((f"tsd_ray build, serial ({torch.get_num_threads()} torch threads)", 1, timings["serial"],
+                 args.n / timings["serial"], 1e3 * cpu["serial"] / args.n))
+
+    # The same serial build with torch limited to one thread (what each Ray actor does).
+    threads = torch.get_num_threads()
+    if threads > 1:
+        torch.set_num_threads(1)
+        drop()
+        cpu_s = sampler()
+        t0 = time.perf_counter()
+        build(corpus, run / "serial1", rows_per_shard=rps, workers=args.workers, use_ray=False)
+        timings["serial1"] = time.perf_counter() - t0
+        cpu_s.stop()
+        torch.set_num_threads(threads)
+        rows.append(("  same, torch.set_num_threads(1)", 1, timings["serial1"], args.n / timings["serial1"],
+                     1e3 * cpu_s.cpu_seconds / args.n))
 
     ray_init_s = init_ray(args.cpus, root / "ray_tmp")
     drop()
@@ -152,8 +183,11 @@ def main(argv: list[str] | None = None) -> None:
     t0 = time.perf_counter()
     watcher = threading.Thread(target=_watch_first_record, args=(run / "ray" / "_shards", t0, watch, stop))
     watcher.start()
+    cpu_s = sampler()
     res = build(corpus, run / "ray", rows_per_shard=rps, workers=args.workers, use_ray=True)
     timings["ray"] = time.perf_counter() - t0
+    cpu_s.stop()
+    cpu["ray"] = cpu_s.cpu_seconds
     stop.set()
     watcher.join()
     assert res.quarantined == () and res.shards_written == res.shards_total
@@ -171,17 +205,18 @@ def main(argv: list[str] | None = None) -> None:
     import ray
 
     ray.shutdown()
-    rows.append((f"tsd_ray build, Ray Data x{args.workers}", args.workers, timings["ray"], args.n / timings["ray"]))
+    rows.append((f"tsd_ray build, Ray Data x{args.workers}", args.workers, timings["ray"], args.n / timings["ray"],
+                 1e3 * cpu["ray"] / args.n))
     steady = timings["ray"] - timings["ray_fixed"]
     if steady > 0:
-        rows.append(("  same, minus fixed start-up", args.workers, steady, args.n / steady))
+        rows.append(("  same, minus fixed start-up", args.workers, steady, args.n / steady, "-"))
 
     n_mels = np.load(next((run / "naive").glob("*.npy"))).shape
     print(f"page cache before each timed step: {cache}")
     print(f"ray.init (excluded): {ray_init_s:.2f} s; Ray Data fixed start-up (empty shards): "
           f"{timings['ray_fixed']:.2f} s; first shard finished {watch.get('first_shard_s', float('nan')):.2f} s "
           f"after the build call; naive .npy shape {n_mels}")
-    print_table(("path", "cores", "seconds", "clips/s"), rows)
+    print_table(("path", "cores", "seconds", "clips/s", "CPU ms/clip"), rows)
     naive = args.n / timings["naive"]
     parts = [
         f"ray/naive {args.n / timings['ray'] / naive:.2f}x",
@@ -190,6 +225,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.pool:
         parts.append(f"ray/naive_x{args.pool} {timings['pool'] / timings['ray']:.2f}x")
     print(f"RATIOS (clips/s): {', '.join(parts)}; {load_note()}")
+    print(f"CPU per clip (load-robust): naive/ray {cpu['naive'] / cpu['ray']:.2f}x, "
+          f"naive/serial {cpu['naive'] / cpu['serial']:.2f}x (> 1: tsd_ray spends less CPU per clip)")
 
 
 if __name__ == "__main__":

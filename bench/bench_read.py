@@ -41,6 +41,7 @@ from bench.common import (
     make_corpus,
     make_wavs,
     print_table,
+    read_dataset,
     repo_on_path,
     try_drop_caches,
     workdir,
@@ -113,6 +114,26 @@ def ray_pass(features: str, batch_size: int, shuffle_buffer: int | None) -> dict
     return {**acc, "seconds": time.perf_counter() - t0, "first_batch_s": first}
 
 
+def variant_pass(kind: str, features: str, batch_size: int, shuffle_buffer: int | None) -> dict:
+    """An alternative Ray reader (``v1`` or ``per_file``, see ``bench.common.read_dataset``)."""
+    from ray.data import DataContext
+
+    acc = {"rows": 0, "labels": 0.0, "targets": 0}
+    ctx = DataContext.get_current()
+    saved = ctx.use_datasource_v2
+    t0 = time.perf_counter()
+    first = None
+    try:
+        ds = read_dataset(features, SPLIT, kind)
+        for batch in ds.iter_torch_batches(batch_size=batch_size, local_shuffle_buffer_size=shuffle_buffer):
+            if first is None:
+                first = time.perf_counter() - t0
+            _checksum(batch, acc)
+    finally:
+        ctx.use_datasource_v2 = saved
+    return {**acc, "seconds": time.perf_counter() - t0, "first_batch_s": first}
+
+
 def loader_pass(paths: list[str], batch_size: int, workers: int, shuffle: bool) -> dict:
     from torch.utils.data import DataLoader
 
@@ -136,6 +157,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--rows-per-shard", type=int, default=256, help="mixtures per Parquet shard (BuildConfig default 256)")
     ap.add_argument("--shuffle", action="store_true",
                     help="shuffle both: Ray local buffer of 256 rows (TrainConfig default), DataLoader shuffle=True")
+    ap.add_argument("--variants", action="store_true",
+                    help="also time two alternative Ray readers (not tsd_ray's): Ray Data's V1 Parquet "
+                         "datasource, and one task per file streaming 16-mixture batches")
     ap.add_argument("--workdir", default=DEFAULT_WORKDIR)
     ap.add_argument("--no-drop-caches", action="store_true")
     args = ap.parse_args(argv)
@@ -159,10 +183,17 @@ def main(argv: list[str] | None = None) -> None:
 
     drop = (lambda: "not tried") if args.no_drop_caches else try_drop_caches
     rows, results = [], {}
-    for name, fn in (
-        ("tsd ray data", lambda: ray_pass(features, args.batch_size, 256 if args.shuffle else None)),
+    buf = 256 if args.shuffle else None
+    paths_to_time = [
+        ("tsd ray data", lambda: ray_pass(features, args.batch_size, buf)),
         (f"per-file DataLoader x{args.cpus}", lambda: loader_pass(paths, args.batch_size, args.cpus, args.shuffle)),
-    ):
+    ]
+    if args.variants:
+        paths_to_time += [
+            ("alt: V1 parquet datasource", lambda: variant_pass("v1", features, args.batch_size, buf)),
+            ("alt: one Ray task per file", lambda: variant_pass("per_file", features, args.batch_size, buf)),
+        ]
+    for name, fn in paths_to_time:
         cache = drop()
         for epoch in range(1, args.epochs + 1):
             r = fn()
@@ -173,12 +204,15 @@ def main(argv: list[str] | None = None) -> None:
     print_table(("path", "epoch", "cache", "seconds", "1st batch s", "samples/s"), rows)
     sums = {(r["rows"], round(r["labels"]), r["targets"]) for r in results.values()}
     assert len(sums) == 1, f"the two paths read different rows: {sums}"
-    names = sorted({k[0] for k in results}, key=lambda s: not s.startswith("tsd"))
-    ratios = []
-    for epoch in range(1, args.epochs + 1):
-        a, b = (results[(n, epoch)] for n in names)
-        ratios.append(f"epoch {epoch} ({'cold' if epoch == 1 else 'warm'}) {b['seconds'] / a['seconds']:.2f}x")
-    print(f"RATIOS ray/per-file samples/s: {', '.join(ratios)} (target >= 2x); {load_note()}")
+    base = paths_to_time[1][0]
+    for name, _ in [p for i, p in enumerate(paths_to_time) if i != 1]:
+        ratios = []
+        for epoch in range(1, args.epochs + 1):
+            a, b = results[(name, epoch)], results[(base, epoch)]
+            ratios.append(f"epoch {epoch} ({'cold' if epoch == 1 else 'warm'}) {b['seconds'] / a['seconds']:.2f}x")
+        label = "RATIOS" if name == "tsd ray data" else " "
+        print(f"{label} {name} / per-file samples/s: {', '.join(ratios)} (target >= 2x)")
+    print(load_note())
     import ray
 
     ray.shutdown()

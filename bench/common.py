@@ -151,6 +151,48 @@ def init_ray(num_cpus: int, tmp: Path) -> float:
     return time.perf_counter() - t0
 
 
+def read_dataset(features: str, split: str, reader: str = "tsd"):
+    """The Ray Dataset of a split's training samples. ``tsd``: :func:`tsd_ray.data.read_samples`
+    as it is; ``v1``: the same with Ray Data's V1 Parquet datasource (sets the driver's
+    DataContext); ``per_file``: :func:`per_file_reader` (an alternative, not tsd_ray's)."""
+    from ray.data import DataContext
+
+    from tsd_ray import data
+
+    if reader == "per_file":
+        return per_file_reader(features, split)
+    DataContext.get_current().use_datasource_v2 = reader != "v1"
+    return data.read_samples(features, split)
+
+
+def per_file_reader(features: str, split: str):
+    """Alternative reader (not tsd_ray's): one Ray task per Parquet file, streaming 16-mixture
+    record batches through tsd_ray's own ``expand_batch`` (no footer actors, small blocks)."""
+    import numpy as np
+    import pyarrow.parquet as pq
+    import ray
+
+    from tsd_ray import data, storage
+
+    manifest = data.load_manifest(features)
+    expand = data._expander(manifest, None, False)
+    files = manifest.files(split)
+
+    def read(batch):
+        for uri in batch["path"]:
+            fs, path = storage.resolve(str(uri))
+            pf = pq.ParquetFile(fs.open_input_file(path))
+            for rb in pf.iter_batches(batch_size=16, columns=data._MIXTURE_COLUMNS):
+                cols = {}
+                for name in rb.schema.names:
+                    col = rb.column(name)
+                    cols[name] = col.to_numpy_ndarray() if name == "mel" else np.asarray(col.to_pylist(), dtype=object)
+                yield expand(cols)
+
+    items = [{"path": f} for f in files]
+    return ray.data.from_items(items, override_num_blocks=len(items)).map_batches(read, batch_size=1)
+
+
 # ----------------------------------------------------------------------------------------------
 # Measuring
 # ----------------------------------------------------------------------------------------------
@@ -177,21 +219,64 @@ def load_note() -> str:
     return f"load avg {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores"
 
 
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _proc_table() -> tuple[dict[int, list[int]], dict[int, float]]:
+    """(parent pid -> child pids, pid -> CPU seconds used (user + system)) from /proc/PID/stat."""
+    kids: dict[int, list[int]] = {}
+    cpu: dict[int, float] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()  # after "(comm)": state, ppid, ...
+        kids.setdefault(int(fields[1]), []).append(int(entry))
+        cpu[int(entry)] = (int(fields[11]) + int(fields[12])) / _TICK  # utime + stime
+    return kids, cpu
+
+
+def _rss_pss_mb(pid: int) -> tuple[float, float] | None:
+    """(RSS, PSS) of a process in MB from /proc/PID/smaps_rollup; None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            text = f.read()
+    except OSError:
+        return None
+    vals = {}
+    for line in text.splitlines():
+        key, _, rest = line.partition(":")
+        if key in ("Rss", "Pss"):
+            vals[key] = int(rest.split()[0]) / 1024.0  # kB -> MB
+    if "Rss" not in vals:
+        return None
+    return vals["Rss"], vals.get("Pss", 0.0)
+
+
 @dataclass
 class TreeSampler:
-    """Samples the memory of a process and all its descendants every ``interval_s`` seconds.
+    """Samples the memory and CPU time of a process and all its descendants.
 
-    Tracks, as the maximum over samples: the total RSS of the tree (over-counts pages shared
-    between processes, e.g. Ray's object store mapped by several workers), the total PSS
-    (shared pages divided among the processes mapping them: the honest "memory the tree uses"),
-    and the same two numbers for the root alone and for the tree without the root.
-    PSS needs /proc/PID/smaps_rollup (psutil ``memory_full_info``); if it cannot be read the
-    PSS columns stay 0. Each number is in MB.
+    Reads /proc directly (Linux; no psutil needed). ``cpu_seconds`` is the CPU time (user +
+    system) the tree used while sampling ran, per process from first to last sighting (a
+    process's last ``interval_s`` before it exits is missed). With ``memory`` it also tracks,
+    as the maximum over samples: the total RSS of the tree (over-counts pages shared between
+    processes, e.g. Ray's object store mapped by several workers), the total PSS (shared pages
+    divided among the processes mapping them: the honest "memory the tree uses"), and the same
+    two numbers for the root alone (``root_*``) and for the tree without the root
+    (``others_*``). Numbers in MB.
     """
 
     pid: int
     interval_s: float = 0.2
+    memory: bool = True
     peak: dict[str, float] = field(default_factory=dict)
+    _cpu_first: dict[int, float] = field(default_factory=dict)
+    _cpu_last: dict[int, float] = field(default_factory=dict)
     samples: int = 0
     max_procs: int = 0
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -206,35 +291,54 @@ class TreeSampler:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
+        self.sample()  # last CPU reading of the processes still alive
         return dict(self.peak)
 
-    def _run(self) -> None:
-        import psutil
+    @property
+    def cpu_seconds(self) -> float:
+        return sum(self._cpu_last[p] - self._cpu_first[p] for p in self._cpu_last)
 
-        try:
-            root = psutil.Process(self.pid)
-        except psutil.NoSuchProcess:
-            return
+    def sample(self) -> dict[str, float] | None:
+        """One sample of the tree (None when the root is gone)."""
+        kids, cpu = _proc_table()
+        tree, todo = [], [self.pid]
+        while todo:
+            pid = todo.pop()
+            tree.append(pid)
+            todo += kids.get(pid, [])
+        if self.pid not in cpu:
+            return None
+        for pid in tree:
+            if pid in cpu:
+                self._cpu_first.setdefault(pid, cpu[pid])
+                self._cpu_last[pid] = cpu[pid]
+        if not self.memory:
+            return {}
+        totals = {"root_rss": 0.0, "root_pss": 0.0, "others_rss": 0.0, "others_pss": 0.0}
+        seen = 0
+        for pid in tree:
+            mem = _rss_pss_mb(pid)
+            if mem is None:
+                if pid == self.pid:
+                    return None
+                continue
+            who = "root" if pid == self.pid else "others"
+            totals[f"{who}_rss"] += mem[0]
+            totals[f"{who}_pss"] += mem[1]
+            seen += 1
+        totals["tree_rss"] = totals["root_rss"] + totals["others_rss"]
+        totals["tree_pss"] = totals["root_pss"] + totals["others_pss"]
+        self.max_procs = max(self.max_procs, seen)
+        return totals
+
+    def _run(self) -> None:
         while not self._stop.is_set():
-            try:
-                procs = [root, *root.children(recursive=True)]
-            except psutil.NoSuchProcess:
+            totals = self.sample()
+            if totals is None:
                 return
-            totals = {"root_rss": 0.0, "root_pss": 0.0, "others_rss": 0.0, "others_pss": 0.0}
-            for p in procs:
-                try:
-                    info = p.memory_full_info()
-                except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-                    continue
-                who = "root" if p.pid == self.pid else "others"
-                totals[f"{who}_rss"] += info.rss / 2**20
-                totals[f"{who}_pss"] += getattr(info, "pss", 0) / 2**20
-            totals["tree_rss"] = totals["root_rss"] + totals["others_rss"]
-            totals["tree_pss"] = totals["root_pss"] + totals["others_pss"]
             for k, v in totals.items():
                 self.peak[k] = max(self.peak.get(k, 0.0), v)
             self.samples += 1
-            self.max_procs = max(self.max_procs, len(procs))
             self._stop.wait(self.interval_s)
 
 
