@@ -46,6 +46,53 @@ class FeaturesError(FileNotFoundError):
     """Built features are missing or incomplete."""
 
 
+class CorruptShardError(ValueError):
+    """A feature shard exists but is not a readable Parquet file (e.g. truncated by a copy)."""
+
+
+def _shard_error(uri: str, exc: BaseException) -> CorruptShardError:
+    return CorruptShardError(
+        f"{uri}: corrupt feature shard ({type(exc).__name__}: {exc}). Nothing was changed; to "
+        "rebuild only this shard, delete it and its record _shards/<split>-<index>.json beside "
+        "it, then run jobs/build_dataset.py again with the same --out"
+    )
+
+
+def open_shard(uri: str) -> pq.ParquetFile:
+    """A Parquet shard opened for reading; CorruptShardError naming it if it cannot be."""
+    fs, path = storage.resolve(uri)
+    try:
+        return pq.ParquetFile(fs.open_input_file(path))
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError) as exc:  # pyarrow.ArrowInvalid is a ValueError
+        raise _shard_error(uri, exc) from exc
+
+
+_CHECKED: set[str] = set()  # shards whose footer was read in this process (they are immutable)
+
+
+def check_shards(uris: Sequence[str]) -> None:
+    """Read every shard's Parquet footer (in parallel, once per process) before Ray Data does.
+
+    Ray Data reads footers of a sample of files and fails on the others later without naming
+    them; this names the corrupt file up front. Costs one footer read per file (~50 ms on S3,
+    16 at a time), only the first time a file is seen.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    todo = [u for u in uris if u not in _CHECKED]
+    if not todo:
+        return
+
+    def footer(uri: str) -> None:
+        open_shard(uri).metadata  # noqa: B018 - reading the footer is the check
+
+    with ThreadPoolExecutor(max_workers=min(16, len(todo))) as pool:
+        list(pool.map(footer, todo))
+    _CHECKED.update(todo)
+
+
 @dataclass(frozen=True)
 class Manifest:
     uri: str
@@ -112,8 +159,7 @@ def reference_ids(manifest: Manifest) -> list[str]:
     """Reference ids in table order (the order of the embedding table rows)."""
     ids: list[str] = []
     for f in manifest.files("references"):
-        fs, path = storage.resolve(f)
-        ids += pq.read_table(path, columns=["reference_id"], filesystem=fs).column(0).to_pylist()
+        ids += open_shard(f).read(columns=["reference_id"]).column(0).to_pylist()
     return ids
 
 
@@ -239,6 +285,7 @@ def read_samples(
     quiet_data_context()
     manifest = features if isinstance(features, Manifest) else load_manifest(features)
     files = manifest.files(split)
+    check_shards(files)
     fs, _ = storage.resolve(files[0])
     paths = [storage.resolve(f)[1] for f in files]
     ds = ray.data.read_parquet(paths, filesystem=fs, columns=_MIXTURE_COLUMNS)
@@ -258,6 +305,7 @@ def read_references(features: str | Manifest):
     quiet_data_context()
     manifest = features if isinstance(features, Manifest) else load_manifest(features)
     files = manifest.files("references")
+    check_shards(files)
     fs, _ = storage.resolve(files[0])
     return ray.data.read_parquet(
         [storage.resolve(f)[1] for f in files],
@@ -273,8 +321,7 @@ def iter_local(
     manifest = features if isinstance(features, Manifest) else load_manifest(features)
     expand = _expander(manifest, None, with_ids)
     for f in manifest.files(split):
-        fs, path = storage.resolve(f)
-        pf = pq.ParquetFile(fs.open_input_file(path))
+        pf = open_shard(f)
         for rb in pf.iter_batches(batch_size=batch_rows, columns=_MIXTURE_COLUMNS):
             batch = {}
             for name in rb.schema.names:
@@ -293,6 +340,5 @@ def read_mixture_table(features: str | Manifest, split: str, columns: Sequence[s
     manifest = features if isinstance(features, Manifest) else load_manifest(features)
     tables = []
     for f in manifest.files(split):
-        fs, path = storage.resolve(f)
-        tables.append(pq.read_table(path, filesystem=fs, columns=list(columns) if columns else None))
+        tables.append(open_shard(f).read(columns=list(columns) if columns else None))
     return pa.concat_tables(tables)

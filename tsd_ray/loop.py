@@ -95,8 +95,22 @@ class PhaseModel(nn.Module):
         self.discriminator = discriminator
         self.projector = projector
 
-    def forward(self, mel, embedding, frame_mask):
-        return self.student(mel, embedding, frame_mask)
+    def forward(self, mel, embedding, frame_mask, *, lambda_d: float = 0.0, teacher_gru=None, main=None):
+        """Student outputs, domain logits through gradient reversal (or None), KD loss (or None).
+
+        Everything trainable runs inside this one forward so DDP's reducer sees every
+        parameter's gradient in the same step.
+        """
+        from tsd_ray.models.discriminator import grad_reverse
+
+        out = self.student(mel, embedding, frame_mask)
+        domain_logit = None
+        if self.discriminator is not None:
+            domain_logit = self.discriminator(grad_reverse(out.z, lambda_d))  # (B,)
+        kd = None
+        if self.projector is not None and teacher_gru is not None:
+            kd = self.projector(teacher_gru, out.gru[main], frame_mask[main])
+        return out, domain_logit, kd
 
 
 @dataclass
@@ -240,11 +254,17 @@ def compute_losses(ctx: Context, batch: dict[str, torch.Tensor]) -> tuple[torch.
     mel, labels = aug["mel"], aug["frame_labels"]
     emb = ctx.refs.lookup(batch["ref_idx"], batch["target_idx"], ctx.gen)  # (B, E)
     main = batch["is_main"].bool()
+    m = main
     parts: dict[str, torch.Tensor] = {}
     with _autocast(ctx):
-        out = ctx.model(mel, emb, mask)
-        if bool(main.any()):
-            m = main
+        teacher_gru = None
+        if ctx.kd_teacher is not None and bool(m.any()):
+            with torch.no_grad():
+                teacher_gru = ctx.kd_teacher(mel[m], emb[m], mask[m]).gru
+        out, domain_logit, kd = ctx.model(
+            mel, emb, mask, lambda_d=phase.lambda_d, teacher_gru=teacher_gru, main=m
+        )
+        if bool(m.any()):
             if phase.loss == "frame":
                 strong = m & batch["has_strong"].bool()
                 if not bool(strong.any()):
@@ -257,14 +277,11 @@ def compute_losses(ctx: Context, batch: dict[str, torch.Tensor]) -> tuple[torch.
                     t = ctx.pseudo_teacher(mel[m], emb[m], mask[m])
                 targets = losses.pseudo_labels(t.frame_probs, batch["clip_label"][m])
                 parts["pseudo"] = losses.frame_bce(out.frame_logits[m], targets, mask[m])
-            if ctx.kd_teacher is not None:
-                with torch.no_grad():
-                    t = ctx.kd_teacher(mel[m], emb[m], mask[m])
-                parts["kd"] = phase.alpha_kd * ctx.core.projector(t.gru, out.gru[m], mask[m])
-        if ctx.core.discriminator is not None:
-            parts["domain"] = losses.adversarial_loss(
-                out.z, ctx.core.discriminator, batch["domain"].float(), phase.lambda_d
-            )
+            if kd is not None:
+                parts["kd"] = phase.alpha_kd * kd
+        if domain_logit is not None:
+            # D minimises L_d (eq. 8); the reversal makes the extractor maximise lambda_d * L_d
+            parts["domain"] = losses.domain_loss(domain_logit, batch["domain"].float())
     if not parts:  # a batch of auxiliary rows only
         zero = sum(p.sum() * 0.0 for p in ctx.model.parameters())
         return zero, {}
@@ -289,7 +306,12 @@ def train_epoch(ctx: Context, train_it, aux_it_factory) -> dict[str, float]:
                 aux = next(aux_it)
             except StopIteration:
                 aux_it = aux_it_factory()
-                aux = next(aux_it)
+                aux = next(aux_it, None)
+                if aux is None:
+                    raise ValueError(
+                        f"phase {ctx.phase.name}: the auxiliary split '{ctx.phase.aux_split}' gave "
+                        "this worker no rows; build more data for it or turn the adversary off"
+                    ) from None
             aux["is_main"] = torch.zeros_like(aux["clip_label"])
             batch = {k: torch.cat([batch[k], aux[k]]) for k in batch}
         batch = {k: v.to(ctx.device, non_blocking=True) for k, v in batch.items()}
@@ -466,7 +488,7 @@ def train_loop_per_worker(config: dict) -> dict:
     bs = tc.batch_size
 
     def aux_factory():
-        return iter(aux_shard.iter_torch_batches(batch_size=max(1, bs // 2), local_shuffle_buffer_size=tc.shuffle_buffer or None, drop_last=True))
+        return iter(aux_shard.iter_torch_batches(batch_size=max(1, bs // 2), local_shuffle_buffer_size=tc.shuffle_buffer or None))
 
     for epoch in range(ctx.start_epoch, phase.epochs):
         _maybe_fail(ctx, epoch, config)
