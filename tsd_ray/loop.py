@@ -202,7 +202,7 @@ def setup(config: dict) -> Context:
     resume_from = ray.train.get_checkpoint()
     if resume_from is not None:
         with resume_from.as_directory() as d:
-            _restore(ctx, os.path.join(d, "state.pt"))
+            _restore(ctx, os.path.join(d, "state.pt"), f"{resume_from.path.rstrip('/')}/state.pt")
     ctx.core.to(device)
     for state in optimizer.state.values():  # optimiser tensors follow the model's device
         for k, v in state.items():
@@ -212,8 +212,18 @@ def setup(config: dict) -> Context:
     return ctx
 
 
-def _restore(ctx: Context, path: str) -> None:
-    st = torch.load(path, map_location="cpu", weights_only=True)
+def _restore(ctx: Context, path: str, name: str | None = None) -> None:
+    """Resume state from a local ``state.pt``; ``name``: where it lives in storage (for errors)."""
+    try:
+        st = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        where = name or path
+        raise ckpt.CheckpointError(
+            f"{where}: cannot resume phase {ctx.phase.name} from this checkpoint "
+            f"({type(exc).__name__}: {exc}); it is corrupt. Nothing was overwritten: delete the "
+            "phase's run folder (the parent of this checkpoint folder) to train the phase again "
+            "from its start"
+        ) from exc
     ctx.core.load_state_dict(st["model"])
     ctx.optimizer.load_state_dict(st["optimizer"])
     ctx.start_epoch = int(st["epoch"]) + 1
