@@ -54,7 +54,17 @@ SPLIT = "source_train"
 def child(features: str, batch_size: int, cpus: int, tmp: str, reader: str) -> None:
     """One full pass in this (fresh) process; prints one JSON line."""
     rss_start = peak_rss_mb()
-    init_ray(cpus, Path(tmp))
+    for attempt in range(3):  # on a crowded machine the raylet can time out starting
+        try:
+            init_ray(cpus, Path(tmp))
+            break
+        except Exception as exc:  # ray raises a bare Exception for a start-up timeout
+            if attempt == 2:
+                raise
+            print(f"ray.init failed ({exc}); retrying", file=sys.stderr, flush=True)
+            import ray
+
+            ray.shutdown()
     import torch  # noqa: F401  (iter_torch_batches imports it: ~500 MB of RSS on its own)
 
     rss_after_init = peak_rss_mb()

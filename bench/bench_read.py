@@ -14,7 +14,9 @@ Same rows, same run:
 Features are built once from synthetic 10-s clips (content does not matter; build time is not
 measured; a re-run reuses them). Each path runs ``--epochs`` passes: epoch 1 after trying to
 drop the OS page cache ("cold"), later epochs read from the page cache ("warm"). Checksums of
-the rows (count, sum of frame labels, sum of target ids) must agree between the two paths.
+the rows (count, sum of frame labels, sum of target ids) must agree between the paths.
+"CPU ms/sample" is the CPU time of this process and all its descendants (Ray's processes,
+DataLoader workers) during the pass, per sample: less sensitive to other load than seconds.
 
 Run from the repo root: ``python -m bench.bench_read --n 2000``.
 """
@@ -35,6 +37,7 @@ if __package__ in (None, ""):  # run as a file: make ``bench`` importable
 
 from bench.common import (
     DEFAULT_WORKDIR,
+    TreeSampler,
     build,
     init_ray,
     load_note,
@@ -196,12 +199,14 @@ def main(argv: list[str] | None = None) -> None:
     for name, fn in paths_to_time:
         cache = drop()
         for epoch in range(1, args.epochs + 1):
+            cpu = TreeSampler(os.getpid(), interval_s=0.1, memory=False).start()
             r = fn()
+            cpu.stop()
             results[(name, epoch)] = r
             rows.append((name, epoch, "cold" if epoch == 1 else "warm", r["seconds"], r["first_batch_s"],
-                         r["rows"] / r["seconds"]))
+                         r["rows"] / r["seconds"], 1e3 * cpu.cpu_seconds / r["rows"]))
     print(f"page cache before each path's epoch 1: {cache}")
-    print_table(("path", "epoch", "cache", "seconds", "1st batch s", "samples/s"), rows)
+    print_table(("path", "epoch", "cache", "seconds", "1st batch s", "samples/s", "CPU ms/sample"), rows)
     sums = {(r["rows"], round(r["labels"]), r["targets"]) for r in results.values()}
     assert len(sums) == 1, f"the two paths read different rows: {sums}"
     base = paths_to_time[1][0]
