@@ -265,6 +265,50 @@ _MIXTURE_COLUMNS = [
 ]
 
 
+class _ShardStream:
+    """Ray Data UDF: one shard path in, its sample batches out (a generator: streams).
+
+    One task per Parquet shard, reading 16 mixtures at a time and expanding them, so the first
+    batch arrives after one row group and memory stays flat however large the split is (Ray
+    2.60's ``read_parquet`` bundled a whole small split into one read task and one block).
+    """
+
+    def __init__(self, expand, fraction: float | None, seed: int, batch_rows: int = 16):
+        self.expand = expand
+        self.fraction = fraction
+        self.seed = seed
+        self.batch_rows = batch_rows
+
+    def __call__(self, batch: dict):
+        for uri, index in zip(batch["uri"], batch["index"]):
+            pf = open_shard(str(uri))
+            rng = np.random.default_rng([self.seed, int(index)])
+            for rb in pf.iter_batches(batch_size=self.batch_rows, columns=_MIXTURE_COLUMNS):
+                rows = _record_batch_to_numpy(rb)
+                if self.fraction is not None and self.fraction < 1.0:
+                    keep = rng.random(len(rows["mixture_id"])) < self.fraction
+                    if not keep.any():
+                        continue
+                    rows = {k: v[keep] for k, v in rows.items()}
+                out = self.expand(rows)
+                if len(out["mel"]):
+                    yield out
+
+
+def _record_batch_to_numpy(rb) -> dict[str, np.ndarray]:
+    batch = {}
+    for name in rb.schema.names:
+        col = rb.column(name)
+        if name == "mel":
+            batch[name] = col.to_numpy_ndarray()
+        else:
+            values = col.to_pylist()
+            arr = np.empty(len(values), dtype=object)
+            arr[:] = values
+            batch[name] = arr
+    return batch
+
+
 def read_samples(
     features: str | Manifest,
     split: str,
@@ -276,7 +320,8 @@ def read_samples(
 ):
     """Ray Dataset of the TSD samples of ``split`` (batch keys above), streamed from Parquet.
 
-    ``fraction`` keeps a random share of the mixtures (e.g. to balance an auxiliary domain).
+    ``fraction`` keeps a random share of the mixtures (e.g. to balance an auxiliary domain),
+    drawn per shard with ``seed``.
     """
     import ray
 
@@ -286,13 +331,12 @@ def read_samples(
     manifest = features if isinstance(features, Manifest) else load_manifest(features)
     files = manifest.files(split)
     check_shards(files)
-    fs, _ = storage.resolve(files[0])
-    paths = [storage.resolve(f)[1] for f in files]
-    ds = ray.data.read_parquet(paths, filesystem=fs, columns=_MIXTURE_COLUMNS)
-    if fraction is not None and fraction < 1.0:
-        ds = ds.random_sample(fraction, seed=seed)
+    items = [{"uri": f, "index": i} for i, f in enumerate(files)]
+    ds = ray.data.from_items(items, override_num_blocks=len(items))
     return ds.map_batches(
-        _expander(manifest, reference_table, with_ids), batch_format="numpy", batch_size=16
+        _ShardStream(_expander(manifest, reference_table, with_ids), fraction, seed),
+        batch_size=1,
+        batch_format="numpy",
     )
 
 
@@ -323,14 +367,7 @@ def iter_local(
     for f in manifest.files(split):
         pf = open_shard(f)
         for rb in pf.iter_batches(batch_size=batch_rows, columns=_MIXTURE_COLUMNS):
-            batch = {}
-            for name in rb.schema.names:
-                col = rb.column(name)
-                if name == "mel":
-                    batch[name] = col.to_numpy_ndarray()
-                else:
-                    batch[name] = np.asarray(col.to_pylist(), dtype=object)
-            yield expand(batch)
+            yield expand(_record_batch_to_numpy(rb))
 
 
 def read_mixture_table(features: str | Manifest, split: str, columns: Sequence[str] | None = None):
