@@ -102,3 +102,80 @@ def load_student(uri: str, kind: str | None = None):
 
 def load_encoder(uri: str):
     return build_encoder(load_payload(uri))
+
+
+# --------------------------------------------------------------------------------------------
+# Detector bundle (used by tsd_ray.detect / jobs/detect.py)
+# --------------------------------------------------------------------------------------------
+
+
+def export_detector(student_model_uri: str, encoder_model_uri: str, postprocessing: dict, out_uri: str) -> str:
+    """Bundle a trained student, its frozen encoder and the tuned post-processing into one file.
+
+    The result (``kind == "detector"``) is all detection needs: the student's config and
+    weights (top level, as in a student file, plus ``student_kind`` "f" or "w"), the encoder's
+    whole payload under ``encoder``, the classes, the front end (``meta["frontend"]``) and
+    ``postprocessing = {"threshold": float in [0, 1], "median_frames": odd int >= 1}`` (as tuned
+    on validation by :func:`tsd_ray.predict.evaluate_model`). Returns ``out_uri``.
+
+    Raises :class:`CheckpointError` (naming the file) when a model file is missing, of the
+    wrong kind or version, or when the student and encoder do not fit together.
+    """
+    student = load_payload(student_model_uri)
+    if student["kind"] not in STUDENT_POOLING:
+        raise CheckpointError(
+            f"{student_model_uri}: expected an f/w student model file, got kind '{student['kind']}'"
+        )
+    encoder = load_payload(encoder_model_uri)
+    if encoder["kind"] != "encoder":
+        raise CheckpointError(
+            f"{encoder_model_uri}: expected an encoder model file, got kind '{encoder['kind']}'"
+        )
+    s_dim = int(student["config"].get("embedding_dim", -1))
+    e_dim = int(encoder["config"].get("embedding_dim", -2))
+    if s_dim != e_dim:
+        raise CheckpointError(
+            f"{student_model_uri} expects {s_dim}-d reference embeddings but {encoder_model_uri} "
+            f"gives {e_dim}-d ones; pair the student with the encoder of its own run"
+        )
+    if int(student["n_mels"]) != int(encoder["n_mels"]):
+        raise CheckpointError(
+            f"{student_model_uri} ({student['n_mels']} mels) and {encoder_model_uri} "
+            f"({encoder['n_mels']} mels) were trained on different front ends"
+        )
+    frontend = student.get("meta", {}).get("frontend")
+    if not frontend:
+        raise CheckpointError(f"{student_model_uri}: the model file records no front end (meta.frontend)")
+    enc_front = encoder.get("meta", {}).get("frontend")
+    if enc_front and {k: v for k, v in enc_front.items() if k != "device"} != {
+        k: v for k, v in frontend.items() if k != "device"
+    }:
+        raise CheckpointError(
+            f"{student_model_uri} and {encoder_model_uri} were trained on different front ends; "
+            "pair the student with the encoder of its own run"
+        )
+    try:
+        pp = {"threshold": float(postprocessing["threshold"]), "median_frames": int(postprocessing["median_frames"])}
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(
+            f"postprocessing must be {{'threshold': float, 'median_frames': int}}, got {postprocessing!r}"
+        ) from exc
+    if not 0.0 <= pp["threshold"] <= 1.0 or pp["median_frames"] < 1 or pp["median_frames"] % 2 == 0:
+        raise CheckpointError(
+            f"postprocessing {pp}: threshold must be in [0, 1] and median_frames an odd integer >= 1"
+        )
+    payload = {
+        "format": FORMAT,
+        "version": VERSION,
+        "kind": "detector",
+        "student_kind": student["kind"],
+        "config": student["config"],
+        "n_mels": int(student["n_mels"]),
+        "classes": list(student["classes"]),
+        "state_dict": student["state_dict"],
+        "meta": {**student.get("meta", {}), "student_uri": student_model_uri, "encoder_uri": encoder_model_uri},
+        "encoder": encoder,
+        "postprocessing": pp,
+    }
+    save_payload(payload, out_uri)
+    return out_uri
