@@ -47,6 +47,7 @@ import io
 import json
 import math
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -552,13 +553,16 @@ def run_trial(setup: TrialSetup, params: Mapping[str, Any], trial_id: str,
 
 def trial_main(config: dict, setup: TrialSetup) -> None:
     """Tune function trainable (wrapped with ``tune.with_parameters(trial_main, setup=...)``)."""
+    import ray
     from ray import tune as rtune
 
     from tsd_ray.ray_utils import quiet_data_context
 
     quiet_data_context()
     trial_id = rtune.get_context().get_trial_id()
-    run_trial(setup, config, trial_id, rtune.report)
+    # what this trial's driver holds (0 CPUs: the cores stay with Ray Data and Ray Train)
+    held = {"driver_cpus": float(ray.get_runtime_context().get_assigned_resources().get("CPU", 0.0))}
+    run_trial(setup, config, trial_id, lambda metrics: rtune.report({**metrics, **held}))
 
 
 # --------------------------------------------------------------------------------------------
@@ -615,10 +619,17 @@ class SearchOutcome:
     restored: bool
 
 
+def _trial_id_from_dir(path: str) -> str:
+    """``.../trial_main_9254e_00001_1_eval_threshold=...`` -> ``9254e_00001`` (a trial that
+    never reported has no ``trial_id`` in its metrics)."""
+    m = re.search(r"trial_main_([0-9a-f]+_\d{5})", path)
+    return m.group(1) if m else Path(path).name
+
+
 def _row(result, name: str, root: str, keys: list[str]) -> TrialRow:
     """A trial's summary row; "completed" = its ledger records the end of Algorithm 1."""
     m = dict(result.metrics or {})
-    trial_id = str(m.get("trial_id") or Path(str(result.path)).name)
+    trial_id = str(m.get("trial_id") or _trial_id_from_dir(str(result.path)))
     run = trial_run_name(name, trial_id)
     led_uri = storage.join(root, run, "ledger.json")
     done = storage.exists(led_uri) and TRIAL_DONE_STEP in storage.read_json(led_uri).get("steps", {})
@@ -665,7 +676,7 @@ def format_summary(rows: list[TrialRow] | tuple[TrialRow, ...], space: SearchSpa
 
     def fmt(v):
         if isinstance(v, float):
-            return f"{v:.4g}"
+            return f"{v:.1f}" if v == int(v) else f"{v:.4g}"
         return str(v)
 
     for r in rows:
@@ -702,7 +713,9 @@ def best_config_yaml(base: dict, best: TrialRow, *, name: str, root: str, space:
 
 
 def _setup_record(space: SearchSpace, base: dict, num_samples: int) -> dict:
-    return {"space": space.to_dict(), "base_config_digest": _digest(base), "num_samples": num_samples}
+    """What a restore must match: the space's content (not its path), base config, samples."""
+    sp = {k: v for k, v in space.to_dict().items() if k not in ("path", "description")}
+    return json.loads(json.dumps({"space": sp, "base_config_digest": _digest(base), "num_samples": num_samples}))
 
 
 def run_search(
@@ -750,7 +763,7 @@ def run_search(
     if restored:
         if storage.exists(setup_uri):
             old = storage.read_json(setup_uri)
-            if old != json.loads(json.dumps(record)):
+            if old != record:
                 raise SpaceError(
                     f"experiment {exp} was started with another space/base config/num_samples; "
                     "restore it with the same ones, or pass another --name for a new search")
