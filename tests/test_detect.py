@@ -1,8 +1,9 @@
 """Detection on user recordings: long/resampled audio, folder mode on Ray Data, pictures, errors.
 
-One module fixture trains the model (encoder pretraining + one f phase: two Ray Train fits)
-on a small tonal corpus whose events sit at random times (so the detector cannot learn
-positions), exports a detector, and every test reuses it.
+The slow tests share one module fixture that trains the model (encoder pretraining + one f
+phase: two Ray Train fits) on a small tonal corpus whose events sit at random times (so the
+detector cannot learn positions) and exports a detector. The fast tests check the windowing
+arithmetic, file handling and pictures with stand-in models.
 """
 
 from __future__ import annotations
@@ -19,8 +20,6 @@ from tsd_ray import checkpoint as ckpt
 from tsd_ray import detect
 from tsd_ray.plots import plot_detection, plot_training, png_size
 from tsd_ray.types import SPLIT_DOMAIN, Corpus, Event, MixtureRecord, ReferenceRecord
-
-pytestmark = pytest.mark.slow
 
 SR = 16000
 FREQS = {"s1": 500, "s2": 900, "t1": 1400, "t2": 2100}
@@ -130,6 +129,7 @@ def long_recording(path, sr: int = 44100) -> list[Event]:
     return [e for e in events if e.label == "s1"]
 
 
+@pytest.mark.slow
 def test_export_bundles_everything_and_training_learned(model):
     payload = ckpt.load_payload(model["detector"])
     assert payload["kind"] == "detector" and payload["student_kind"] == "f"
@@ -144,6 +144,7 @@ def test_export_bundles_everything_and_training_learned(model):
     assert losses[-1] < losses[0], losses
 
 
+@pytest.mark.slow
 def test_long_resampled_recording_finds_the_events(model, tmp_path):
     from tsd_ray.evaluation import score_event_lists
 
@@ -159,11 +160,9 @@ def test_long_resampled_recording_finds_the_events(model, tmp_path):
     assert sc.segment_f >= 85.0
 
 
-def test_windows_cover_every_frame_and_stitch_like_one_pass(model):
+@pytest.mark.slow
+def test_one_window_equals_the_model_and_any_length_works(model):
     det = detect.load_detector(model["detector"], device="cpu")
-    assert detect.window_starts(1501, 501, 250) == [0, 250, 500, 750, 1000]
-    assert detect.window_starts(501, 501, 250) == [0]
-    assert detect.window_starts(100, 501, 250) == [0]
     rng = np.random.default_rng(0)
     emb = rng.standard_normal(det.student.cfg.embedding_dim).astype(np.float32)
     mel = rng.standard_normal((501, 64)).astype(np.float32)
@@ -178,6 +177,7 @@ def test_windows_cover_every_frame_and_stitch_like_one_pass(model):
         assert q.shape == (n // 2,) and np.all((q >= 0) & (q <= 1))
 
 
+@pytest.mark.slow
 def test_folder_mode_matches_single_file_and_reports_failures(model, tmp_path):
     folder = tmp_path / "recs"
     (folder / "sub").mkdir(parents=True)
@@ -217,6 +217,7 @@ def test_folder_mode_matches_single_file_and_reports_failures(model, tmp_path):
     assert [d.events for d in serial.detections] == [d.events for d in res.detections]
 
 
+@pytest.mark.slow
 def test_several_references_average_and_silent_reference_is_named(model, tmp_path):
     det = detect.load_detector(model["detector"], device="cpu")
     one = detect.embed_reference(det, [model["ref_s1"]])
@@ -231,6 +232,7 @@ def test_several_references_average_and_silent_reference_is_named(model, tmp_pat
         detect.embed_reference(det, [str(silent)])
 
 
+@pytest.mark.slow
 def test_detection_picture_and_training_curves_are_pngs_of_fixed_size(model, tmp_path):
     from tsd_ray.ledger import Ledger
 
@@ -254,6 +256,7 @@ def test_detection_picture_and_training_curves_are_pngs_of_fixed_size(model, tmp
         plot_training(str(tmp_path / "empty"), str(tmp_path / "none.png"))
 
 
+@pytest.mark.slow
 def test_plain_student_needs_its_encoder(model):
     with pytest.raises(detect.DetectError, match="--encoder"):
         detect.load_detector(model["student"], device="cpu")
@@ -265,7 +268,20 @@ def _job(*args, timeout=300):
     return subprocess.run([sys.executable, "jobs/detect.py", *args], capture_output=True, text=True, timeout=timeout)
 
 
-def test_detect_job_single_file_and_bad_inputs(model, tmp_path):
+def _job_in_process(capsys, *args) -> tuple[int, str]:
+    """Run jobs/detect.py's main() here (no interpreter start-up): (exit code, stderr)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("detect_job", "jobs/detect.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    capsys.readouterr()
+    code = mod.main(list(args))
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_detect_job_single_file(model, tmp_path):
     wav = tmp_path / "long.wav"
     truth = long_recording(wav)
     out, frames, pic = tmp_path / "ev.tsv", tmp_path / "frames.tsv", tmp_path / "p.png"
@@ -277,24 +293,190 @@ def test_detect_job_single_file_and_bad_inputs(model, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     rows = out.read_text().splitlines()
     assert rows[0] == "filename\tonset\toffset\tevent_label" and all(x.startswith("long.wav\t") for x in rows[1:])
-    assert len(rows) - 1 >= 3
+    assert all(x.endswith("\ts1") for x in rows[1:]) and len(rows) - 1 >= 3
     assert len(frames.read_text().splitlines()) == 1 + 750
     assert png_size(pic.read_bytes()) == (1200, 600)
+    assert "event-F" in r.stderr  # scored against --labels
 
-    # mismatched checkpoint version -> exit 2, the file named on stderr
+
+@pytest.mark.slow
+def test_detect_job_bad_inputs_exit_2_naming_the_file(model, tmp_path, capsys):
+    wav = tmp_path / "long.wav"
+    long_recording(wav)
+    # mismatched checkpoint version
     payload = ckpt.load_payload(model["detector"])
     payload["version"] = 99
     old = tmp_path / "old_detector.pt"
     ckpt.save_payload(payload, str(old))
-    r = _job("--checkpoint", str(old), "--reference", model["ref_s1"], "--audio", str(wav))
-    assert r.returncode == 2 and "old_detector.pt" in r.stderr and "version" in r.stderr
-    # silent reference -> exit 2 naming it
+    code, err = _job_in_process(capsys, "--checkpoint", str(old), "--reference", model["ref_s1"], "--audio", str(wav))
+    assert code == 2 and "old_detector.pt" in err and "version 99" in err
+    # silent reference
     silent = tmp_path / "quiet.wav"
     sf.write(silent, np.zeros(SR, np.float32), SR)
-    r = _job("--checkpoint", model["detector"], "--reference", str(silent), "--audio", str(wav))
-    assert r.returncode == 2 and "quiet.wav" in r.stderr and "silent" in r.stderr
-    # unreadable recording -> exit 2 naming it
+    code, err = _job_in_process(capsys, "--checkpoint", model["detector"], "--reference", str(silent), "--audio", str(wav))
+    assert code == 2 and "quiet.wav" in err and "silent" in err
+    # unreadable recording
     bad = tmp_path / "broken.wav"
     bad.write_bytes(b"garbage")
-    r = _job("--checkpoint", model["detector"], "--reference", model["ref_s1"], "--audio", str(bad))
-    assert r.returncode == 2 and "broken.wav" in r.stderr
+    code, err = _job_in_process(capsys, "--checkpoint", model["detector"], "--reference", model["ref_s1"], "--audio", str(bad))
+    assert code == 2 and "broken.wav" in err and "unreadable" in err
+    # missing recording
+    code, err = _job_in_process(capsys, "--checkpoint", model["detector"], "--reference", model["ref_s1"],
+                                "--audio", str(tmp_path / "nope.wav"))
+    assert code == 2 and "nope.wav" in err
+    # a folder run reports the failing file and exits 1 after processing the rest (serial: no Ray start)
+    folder = tmp_path / "recs"
+    folder.mkdir()
+    (folder / "ok.wav").write_bytes(wav.read_bytes())
+    (folder / "zz_bad.wav").write_bytes(b"garbage")
+    code, err = _job_in_process(capsys, "--checkpoint", model["detector"], "--reference", model["ref_s1"],
+                                "--audio", str(folder), "--out", str(tmp_path / "ev.tsv"), "--serial")
+    assert code == 1 and "zz_bad.wav" in err
+    assert "zz_bad.wav" in (tmp_path / "failures.tsv").read_text()
+    assert (tmp_path / "ev.tsv").read_text().count("ok.wav\t") >= 3
+
+
+@pytest.mark.slow
+def test_export_from_run_ledger_and_export_job(model, tmp_path, capsys):
+    import shutil
+
+    from tsd_ray.ledger import Ledger
+
+    better = tmp_path / "it1_model.pt"
+    shutil.copy(model["student"], better)
+    led = Ledger.open(str(tmp_path / "run"), "x")
+    led.record("encoder", model_uri=model["encoder"])
+    led.record("MS-p4_f_target", model_uri=model["student"], best_val_score=40.0, history=[])
+    led.record("MS-it1_f", model_uri=str(better), best_val_score=55.0, history=[])
+    led.record("MS-eval", postprocessing={"threshold": 0.7, "median_frames": 5}, event_f=1.0)
+    out = detect.export_from_run(str(tmp_path / "run"), str(tmp_path / "det.pt"))
+    payload = ckpt.load_payload(out)
+    assert payload["meta"]["student_uri"] == str(better)  # the best f by validation, as run_ms picks
+    assert payload["postprocessing"] == {"threshold": 0.7, "median_frames": 5}
+    with pytest.raises(detect.DetectError, match="'WS-eval'"):
+        detect.export_from_run(str(tmp_path / "run"), str(tmp_path / "x.pt"), recipe="WS")
+    # the export job: from files, and a bad pairing named
+    code, err = _job_in_process(capsys, "export", "--student", model["student"], "--encoder", model["encoder"],
+                                "--median-frames", "3", "--out", str(tmp_path / "d2.pt"))
+    assert code == 0, err
+    assert ckpt.load_payload(str(tmp_path / "d2.pt"))["postprocessing"] == {"threshold": 0.5, "median_frames": 3}
+    code, err = _job_in_process(capsys, "export", "--student", model["encoder"], "--encoder", model["encoder"],
+                                "--out", str(tmp_path / "d3.pt"))
+    assert code == 2 and "expected an f/w student" in err
+
+
+# ------------------------------------------------------------------ fast tests (stand-in models)
+
+
+class _RampStudent(torch.nn.Module):
+    """Stand-in student: output frame i of a window = mel[2i, 0] (the window's own input)."""
+
+    def forward(self, mel, embedding, frame_mask=None):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(frame_probs=mel[:, 0 : 2 * (mel.shape[1] // 2) : 2, 0])  # (B, T')
+
+
+def _stand_in(postprocessing=None) -> detect.LoadedDetector:
+    from tsd_ray.config import FrontendConfig
+    from tsd_ray.evaluation import PostProcessing
+
+    return detect.LoadedDetector(
+        student=_RampStudent(), encoder=None, frontend=FrontendConfig(device="cpu"),
+        postprocessing=postprocessing or PostProcessing(0.5, 1), classes=("a",), encoder_classes=("a",),
+        student_kind="f", uri="stand-in.pt", device=torch.device("cpu"),
+    )
+
+
+def test_window_starts_and_hop():
+    assert detect.window_starts(1501, 501, 250) == [0, 250, 500, 750, 1000]
+    assert detect.window_starts(501, 501, 250) == [0]
+    assert detect.window_starts(100, 501, 250) == [0]
+    assert detect.window_starts(502, 501, 250) == [0, 250]
+    assert detect.window_hop(501, 0.5) == 250 and detect.window_hop(501, 0.0) == 500 and detect.window_hop(501, 0.75) == 124
+    with pytest.raises(ValueError):
+        detect.window_hop(501, 1.0)
+
+
+@pytest.mark.parametrize("n_frames", [2, 3, 500, 501, 502, 777, 1501, 3002])
+@pytest.mark.parametrize("overlap", [0.0, 0.5, 0.75])
+def test_stitching_maps_every_window_frame_to_its_global_frame(n_frames, overlap):
+    """Input frame t carries the value t / n: every window must put it at output frame t // 2,
+    so the stitched curve is exactly the global ramp, whatever the windows and weights."""
+    det = _stand_in()
+    mel = np.zeros((n_frames, 64), np.float32)
+    mel[:, 0] = np.arange(n_frames) / n_frames
+    for weighting in ("hann", "mean"):
+        p = detect.frame_probabilities(det, mel, np.zeros(4, np.float32), overlap=overlap, weighting=weighting, batch_size=3)
+        np.testing.assert_allclose(p, mel[0 : 2 * (n_frames // 2) : 2, 0], atol=1e-6)
+
+
+def test_too_short_recording_is_an_error_naming_it(tmp_path):
+    short = tmp_path / "blip.wav"
+    sf.write(short, np.full(100, 0.1, np.float32), 22050)  # 4.5 ms: one STFT frame
+    with pytest.raises(detect.DetectError, match="blip.wav.*too short"):
+        detect.detect_file(_stand_in(), np.zeros(4, np.float32), str(short))
+
+
+def test_list_audio_folder_list_and_errors(tmp_path):
+    (tmp_path / "d" / "x").mkdir(parents=True)
+    for name in ("b.wav", "a.FLAC", "x/c.ogg", "notes.txt"):
+        (tmp_path / "d" / name).write_bytes(b"")
+    assert [n for _, n in detect.list_audio(str(tmp_path / "d"))] == ["a.FLAC", "b.wav", "x/c.ogg"]
+    lst = tmp_path / "files.txt"
+    lst.write_text("# my files\nd/b.wav\n\n/abs/path/z.wav\n")
+    assert detect.list_audio(str(lst)) == [(str(tmp_path / "d" / "b.wav"), "d/b.wav"), ("/abs/path/z.wav", "/abs/path/z.wav")]
+    assert detect.list_audio(str(tmp_path / "d" / "b.wav")) == [(str(tmp_path / "d" / "b.wav"), "b.wav")]
+    with pytest.raises(detect.DetectError, match="nothere"):
+        detect.list_audio(str(tmp_path / "nothere"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(detect.DetectError, match="no audio files"):
+        detect.list_audio(str(tmp_path / "empty"))
+
+
+def test_events_tsv_round_trip_and_bad_label_file(tmp_path):
+    from tsd_ray.evaluation import PostProcessing
+
+    d = detect.Detection(name="r.wav", path="/x/r.wav", label="dog", duration_s=3.0, frame_hop_s=0.04,
+                         probs=np.array([0.1, 0.9], np.float32), events=(Event(0.04, 0.08, "dog"),),
+                         postprocessing=PostProcessing())
+    text = detect.format_events_tsv([d])
+    assert text == "filename\tonset\toffset\tevent_label\nr.wav\t0.040\t0.080\tdog\n"
+    assert detect.format_frames_tsv([d]).splitlines()[1:] == ["r.wav\t0.000\t0.1000", "r.wav\t0.040\t0.9000"]
+    f = tmp_path / "e.tsv"
+    f.write_text(text + "other.wav\t1.0\t2.0\tcat\nempty.wav\t\t\t\n")
+    assert detect.read_events_tsv(str(f), filename="r.wav") == [("r.wav", Event(0.04, 0.08, "dog"))]
+    assert len(detect.read_events_tsv(str(f))) == 2
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("file\tstart\n")
+    with pytest.raises(detect.DetectError, match="bad.tsv"):
+        detect.read_events_tsv(str(bad))
+
+
+def test_pictures_have_the_fixed_size(tmp_path):
+    from tsd_ray.evaluation import PostProcessing
+    from tsd_ray.ledger import Ledger
+
+    rng = np.random.default_rng(0)
+    d = detect.Detection(name="r.wav", path="r.wav", label="dog", duration_s=20.0, frame_hop_s=0.04,
+                         probs=rng.uniform(size=500).astype(np.float32), events=(Event(1.0, 2.5, "dog"),),
+                         postprocessing=PostProcessing(0.6, 5), mel=rng.standard_normal((1001, 64)).astype(np.float32))
+    plot_detection(d, str(tmp_path / "d.png"), true_events=[Event(1.1, 2.4, "dog")])
+    assert png_size((tmp_path / "d.png").read_bytes()) == (1200, 600)
+    plot_detection(d, str(tmp_path / "small.png"), figsize=(6, 3), dpi=50)
+    assert png_size((tmp_path / "small.png").read_bytes()) == (300, 150)
+    with pytest.raises(ValueError, match="not a PNG"):
+        png_size(b"GIF89a" + bytes(30))
+
+    led = Ledger.open(str(tmp_path / "run"), "x")
+    led.record("encoder", model_uri="enc.pt")
+    for name in ("MS-p1_f_source", "MS-p2_w_source"):
+        hist = [{"phase": name, "epoch": e, "loss": 1.0 / (e + 1), "val_event_f": 10.0 * e, "val_segment_f": 12.0 * e}
+                for e in range(3)]
+        led.record(name, model_uri="m.pt", history=hist, best_val_score=20.0)
+    plot_training(str(tmp_path / "run"), str(tmp_path / "curves.png"))
+    assert png_size((tmp_path / "curves.png").read_bytes()) == (1200, 600)
+    with pytest.raises(detect.DetectError, match="no finished training phase"):
+        plot_training(str(tmp_path / "run"), str(tmp_path / "none.png"), steps=["SS"])
+    with pytest.raises(detect.DetectError, match="no run ledger"):
+        plot_training(str(tmp_path / "missing"), str(tmp_path / "none.png"))

@@ -369,7 +369,12 @@ def frame_probabilities(
 def compute_mel(det: LoadedDetector, path: str, *, logmel: LogMel | None = None) -> tuple[np.ndarray, float]:
     """Log-mel ``(T, F)`` of a whole recording (any length/sample rate) and its duration (s)."""
     wave, sr = load_audio(path)
-    logmel = logmel or LogMel(det.frontend, det.device)
+    fc = det.frontend
+    # The STFT pads n_fft/2 samples by reflection, which needs more samples than that.
+    min_s = (max(fc.n_fft // 2, TIME_POOL * fc.hop_length) + 1) / fc.sample_rate
+    if len(wave) / sr < min_s:
+        raise DetectError(f"{path}: recording too short ({len(wave) / sr:.3f} s); need at least {min_s:.3f} s")
+    logmel = logmel or LogMel(fc, det.device)
     mel, _ = logmel(wave, sr)
     return _as_stored(mel), len(wave) / sr
 
