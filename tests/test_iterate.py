@@ -24,6 +24,8 @@ def _env(tmp: Path) -> dict:
     env = dict(os.environ)
     env.pop("RAY_ADDRESS", None)
     env["PYTHONUNBUFFERED"] = "1"
+    # as in an activated venv: `python` in a submitted entrypoint is this interpreter
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
     env["TSD_RAY_NUM_CPUS"] = "2"
     env["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="tsdr", dir="/tmp")
     return env
@@ -84,7 +86,13 @@ def test_iterate_killed_after_phase_two_resumes_and_reports(tmp_path):
 
 
 def test_ray_job_submit_to_a_local_head(tmp_path):
+    import secrets
+
     env = _env(tmp_path)
+    # Token authentication on, with a token of this test's own (never the user's ~/.ray one):
+    # the head requires it, the `ray job submit` CLI sends it (RAY_NOTES: needs RAY_AUTH_MODE).
+    env["RAY_AUTH_MODE"] = "token"
+    env["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
     ray_bin = str(Path(sys.executable).parent / "ray")
     port = 6390 + os.getpid() % 50
     dash = 8270 + os.getpid() % 50
