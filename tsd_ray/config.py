@@ -384,19 +384,28 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return parts, value
 
 
+def set_dotted(data: dict, key: str, value: Any) -> None:
+    """Set ``data[a][b][c] = value`` for ``key = "a.b.c"``, creating sections as needed."""
+    parts = key.split(".")
+    node = data
+    for p in parts[:-1]:
+        nxt = node.get(p)
+        if nxt is None:
+            nxt = node[p] = {}
+        elif not isinstance(nxt, dict):
+            raise ConfigError(f"'{key}': '{p}' is not a section")
+        node = nxt
+    node[parts[-1]] = value
+
+
 def apply_overrides(data: dict, overrides: list[str] | tuple[str, ...]) -> dict:
     data = _merge({}, data)
     for text in overrides or ():
         parts, value = parse_override(text)
-        node = data
-        for p in parts[:-1]:
-            nxt = node.get(p)
-            if nxt is None:
-                nxt = node[p] = {}
-            elif not isinstance(nxt, dict):
-                raise ConfigError(f"override '{text}': '{p}' is not a section")
-            node = nxt
-        node[parts[-1]] = value
+        try:
+            set_dotted(data, ".".join(parts), value)
+        except ConfigError as exc:
+            raise ConfigError(f"override '{text}': {exc}") from None
     return data
 
 

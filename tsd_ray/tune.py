@@ -63,6 +63,7 @@ from tsd_ray.config import (
     config_from_dict,
     get_key,
     load_yaml_dict,
+    set_dotted,
     to_dict,
 )
 
@@ -288,18 +289,6 @@ def load_space(path: str | os.PathLike) -> SearchSpace:
 # --------------------------------------------------------------------------------------------
 
 
-def set_dotted(data: dict, key: str, value: Any) -> None:
-    """Set ``data[a][b][c] = value`` for ``key = "a.b.c"``, creating sections as needed."""
-    parts = key.split(".")
-    node = data
-    for p in parts[:-1]:
-        nxt = node.get(p)
-        if nxt is None:
-            nxt = node[p] = {}
-        elif not isinstance(nxt, dict):
-            raise ConfigError(f"'{key}': '{p}' is not a section")
-        node = nxt
-    node[parts[-1]] = value
 
 
 def plain(value: Any) -> Any:
