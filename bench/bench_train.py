@@ -14,11 +14,20 @@ Same run, same model, same batch size, same rows:
 Throughput is training samples per second inside the epoch loop (``train_epoch``'s own
 clock: data wait + compute), median over the epochs after the first (warm-up). For N workers
 the global rate is the split's samples / rank 0's epoch time (DDP keeps the ranks in step).
-Ray overhead = 1 - ray(w=1) / bare. ``fit wall`` is the whole ``run_phase`` call (worker start,
+Ray overhead = 1 - ray(w=1) / bare, with bare the mean of a run before and one after the
+Ray fits (the load of a shared machine drifts). ``fit wall`` is the whole ``run_phase`` call (worker start,
 dataset set-up, validation, checkpoints) and is reported beside it, not mixed in.
 
 Threads: a Train worker with ``{"CPU": k}`` runs torch with OMP_NUM_THREADS=max(1, floor k)
 (Ray's default), so the bare loop uses ``--threads`` (default 1) to compare like with like.
+
+On a shared machine wall-clock rates follow the other jobs' load (and a multi-process Ray run
+gets a bigger share of an oversubscribed CPU than one bare process). So the table also gives
+samples per CPU-second of the training process itself (``time.process_time`` inside
+``train_epoch``: rank 0 / the bare loop; for N workers x N), which does not depend on how busy
+the machine is, and ``fit CPU-ms/sample``: CPU of the whole process tree (driver, raylet, Train
+workers, Ray Data tasks) over the whole fit per trained sample — Ray's full bill, start-up and
+validation included.
 
 CPU (any machine):  python -m bench.bench_train --n 128 --epochs 4
 GPU node:           python -m bench.bench_train --gpu --config paper --n 2000 --workers 1
@@ -43,6 +52,7 @@ if __package__ in (None, ""):  # run as a file: make ``bench`` importable
 
 from bench.common import (
     DEFAULT_WORKDIR,
+    TreeSampler,
     build,
     init_ray,
     load_note,
@@ -173,7 +183,7 @@ def bare_loop(args, manifest, emb_uri: str) -> dict:
         if device.type == "cuda":
             torch.cuda.synchronize()
         per_epoch.append({"samples_per_s": stats["samples_per_s"], "epoch_seconds": stats["epoch_seconds"],
-                          "loss": stats["loss"]})
+                          "cpu_seconds": stats["epoch_cpu_seconds"], "step_samples": n, "loss": stats["loss"]})
     return {"samples": n, "threads": torch.get_num_threads(), "epochs": per_epoch}
 
 
@@ -190,13 +200,17 @@ def ray_phase(args, manifest, emb_uri: str, workers: int, wd: Path) -> dict:
     runs = wd / "runs"
     name = f"bench-w{workers}"
     shutil.rmtree(runs / f"{name}-{spec.name}", ignore_errors=True)  # a fresh run, not a resume
+    tree = TreeSampler(os.getpid(), interval_s=0.5, memory=False).start()
     t0 = time.perf_counter()
     res = run_phase(cfg, spec, manifest, emb_uri, storage_path=str(runs), run_name=name)
     wall = time.perf_counter() - t0
+    tree.stop()
     _, n = manifest.count(SPLIT)
     epochs = [{"samples_per_s": n / h["epoch_seconds"], "epoch_seconds": h["epoch_seconds"],
-               "rank0_samples": h["train_samples"], "loss": h["loss"]} for h in res.history]
-    return {"workers": workers, "samples": n, "fit_wall_s": wall, "epochs": epochs}
+               "cpu_seconds": h["epoch_cpu_seconds"], "step_samples": h["train_samples"],
+               "loss": h["loss"]} for h in res.history]
+    return {"workers": workers, "samples": n, "fit_wall_s": wall, "fit_tree_cpu_s": tree.cpu_seconds,
+            "epochs": epochs}
 
 
 def worker_threads(cpus: float, gpu: bool) -> int:
@@ -212,10 +226,14 @@ def worker_threads(cpus: float, gpu: bool) -> int:
     return ray.get(threads.remote())
 
 
-def steady(epochs: list[dict]) -> float:
-    """Median samples/s of the epochs after the first (warm-up); the only one if just one."""
-    xs = [e["samples_per_s"] for e in epochs[1:]] or [e["samples_per_s"] for e in epochs]
-    return statistics.median(xs)
+def steady(epochs: list[dict], key: str = "samples_per_s") -> float:
+    """Median of the epochs after the first (warm-up); the only one if just one."""
+    return statistics.median([e[key] for e in (epochs[1:] or epochs)])
+
+
+def per_cpu(epochs: list[dict]) -> list[dict]:
+    """Add samples per CPU-second of the training process (rank 0 / the bare loop)."""
+    return [{**e, "samples_per_cpu_s": e["step_samples"] / max(e["cpu_seconds"], 1e-9)} for e in epochs]
 
 
 def main(argv=None) -> dict:
@@ -238,26 +256,43 @@ def main(argv=None) -> dict:
     one = scaling_config(config(args, num_workers=1).train).resources_per_worker
     res["ray_worker_resources"] = one
     res["ray_worker_threads"] = worker_threads(one["CPU"], args.gpu)
+    # the bare loop runs before and after the Ray fits: on a shared machine the load drifts,
+    # and the mean of the two brackets the Ray runs
     res["bare"] = bare_loop(args, manifest, emb)
     res["ray"] = [ray_phase(args, manifest, emb, w, wd) for w in args.workers]
+    res["bare_after"] = bare_loop(args, manifest, emb)
     res["load_after"] = load_note()
 
-    bare = steady(res["bare"]["epochs"])
-    rows = [["bare torch", 1, res["bare"]["threads"], f"{bare:.1f}", "-", "-", "-"]]
+    for key in ("bare", "bare_after"):
+        res[key]["epochs"] = per_cpu(res[key]["epochs"])
+    for r in res["ray"]:
+        r["epochs"] = per_cpu(r["epochs"])
+    bare_runs = [steady(res[k]["epochs"]) for k in ("bare", "bare_after")]
+    bare = statistics.mean(bare_runs)
+    bare_cpu = statistics.mean(steady(res[k]["epochs"], "samples_per_cpu_s") for k in ("bare", "bare_after"))
+    res["bare_steady_samples_per_s"] = bare
+    res["bare_steady_samples_per_cpu_s"] = bare_cpu
+    rows = [["bare torch (before/after)", 1, f"{bare:.1f} ({bare_runs[0]:.1f}/{bare_runs[1]:.1f})", "-",
+             f"{bare_cpu:.1f}", "-", "-", "-", "-"]]
     base = None
     for r in res["ray"]:
         sps = steady(r["epochs"])
+        # CPU-normalised: rank 0 processes 1/N of the rows; N ranks in step -> N x its rate
+        cps = r["workers"] * steady(r["epochs"], "samples_per_cpu_s")
         base = base or (sps if r["workers"] == 1 else None)
-        r["steady_samples_per_s"] = sps
-        r["overhead_vs_bare_pct"] = 100.0 * (1.0 - sps / bare)
-        r["speedup_vs_1_worker"] = sps / base if base else None
-        rows.append([f"ray train w={r['workers']}", r["workers"], res["ray_worker_threads"], f"{sps:.1f}",
-                     f"{r['overhead_vs_bare_pct']:+.1f}%",
-                     f"{r['speedup_vs_1_worker']:.2f}x" if base else "-", f"{r['fit_wall_s']:.1f}"])
-    res["bare_steady_samples_per_s"] = bare
+        r.update(steady_samples_per_s=sps, steady_samples_per_worker_cpu_s=cps / r["workers"],
+                 overhead_vs_bare_pct=100.0 * (1.0 - sps / bare),
+                 cpu_overhead_vs_bare_pct=100.0 * (1.0 - cps / r["workers"] / bare_cpu),
+                 speedup_vs_1_worker=sps / base if base else None)
+        n_total = r["samples"] * len(r["epochs"])
+        rows.append([f"ray train w={r['workers']}", r["workers"], f"{sps:.1f}",
+                     f"{r['overhead_vs_bare_pct']:+.1f}%", f"{cps / r['workers']:.1f}",
+                     f"{r['cpu_overhead_vs_bare_pct']:+.1f}%",
+                     f"{r['speedup_vs_1_worker']:.2f}x" if base else "-", f"{r['fit_wall_s']:.1f}",
+                     f"{1000 * r['fit_tree_cpu_s'] / n_total:.0f}"])
     print()
-    print_table(["path", "workers", "threads/worker", "train samples/s", "overhead vs bare",
-                 "vs 1 worker", "fit wall s"], rows)
+    print_table(["path", "workers", "samples/s (wall)", "overhead", "samples/CPU-s per worker",
+                 "CPU overhead", "vs 1 worker", "fit wall s", "fit CPU-ms/sample"], rows)
     print(f"\n{res['bare']['samples']} training samples, batch {config(args).train.batch_size}, "
           f"{args.epochs} epochs (median of epochs 2..{args.epochs}); {res['load_before']} -> {res['load_after']}")
     out = wd / "bench_train.json"

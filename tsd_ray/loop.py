@@ -307,7 +307,7 @@ def train_epoch(ctx: Context, train_it, aux_it_factory) -> dict[str, float]:
         ctx.pseudo_teacher.eval()
     sums: dict[str, float] = {}
     n_batches = n_rows = 0
-    t0 = time.time()
+    t0, cpu0 = time.time(), time.process_time()
     aux_it = aux_it_factory() if aux_it_factory else None
     for batch in train_it:
         batch["is_main"] = torch.ones_like(batch["clip_label"])
@@ -338,7 +338,8 @@ def train_epoch(ctx: Context, train_it, aux_it_factory) -> dict[str, float]:
         n_rows += int(batch["is_main"].sum())
     dt = max(time.time() - t0, 1e-9)
     stats = {k: v / max(1, n_batches) for k, v in sums.items()}
-    stats.update(train_batches=n_batches, train_samples=n_rows, samples_per_s=n_rows / dt, epoch_seconds=dt)
+    stats.update(train_batches=n_batches, train_samples=n_rows, samples_per_s=n_rows / dt, epoch_seconds=dt,
+                 epoch_cpu_seconds=time.process_time() - cpu0)  # this process, all threads
     return stats
 
 
