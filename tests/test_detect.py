@@ -8,6 +8,7 @@ arithmetic, file handling and pictures with stand-in models.
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 
@@ -95,8 +96,15 @@ def model(tmp_path_factory, ray_local):
     from tsd_ray.runner import embeddings_file, run_phase
 
     root = tmp_path_factory.mktemp("detect")
-    # 32 reference clips, batch 8, 15 epochs: fewer encoder steps leave all embeddings alike
-    cfg = load_config("tiny", ["frontend.device=cpu", "encoder.epochs=15", "encoder.batch_size=8"])
+    # 32 reference clips, batch 8, 15 epochs, no dropout: with the default dropout 0.2 the
+    # 60 steps left the encoder at 72-100 % train accuracy run to run, and once with all four
+    # classes' embeddings alike (cosine 0.9998), so the detector had nothing to condition on.
+    # Without dropout it reaches 100 % by epoch 5 (measured).
+    # Validation with a 50 ms collar: at 200 ms this easy validation set scores 100 % from about
+    # epoch 5, so best-by-validation kept an undertrained student (measured: no event above 0.5
+    # on the test recording, where the last epoch found all four).
+    cfg = load_config("tiny", ["frontend.device=cpu", "encoder.epochs=15", "encoder.batch_size=8", "encoder.dropout=0.0",
+                               "eval.t_collar_s=0.05", "eval.thresholds=[0.5, 0.3, 0.7]"])
     corpus = make_tone_corpus(root / "corpus")
     build_features(corpus, str(root / "features"), frontend=cfg.frontend, samples_cfg=cfg.samples,
                    build_cfg=cfg.build, use_ray=False)
@@ -105,14 +113,15 @@ def model(tmp_path_factory, ray_local):
     enc = pretrain_encoder(cfg, manifest, storage_path=runs, run_name="d")
     emb = embed_references(enc, manifest, embeddings_file(runs, "d"))
     spec = make_phase(cfg, "f_source", "d_f", student="f", train_split="source_train", val_split="source_val",
-                      loss="frame", adversarial=False).with_(epochs=10, patience=10, lr=3e-3)
+                      loss="frame", adversarial=False).with_(epochs=12, patience=12, lr=3e-3)
     res = run_phase(cfg, spec, manifest, emb, storage_path=runs, run_name="d")
     # post-processing tuned on validation, as evaluate_model does (in-process: small split)
     refs = load_reference_table(emb, len(manifest.classes))
     val = scored_samples(predict_batches(ckpt.load_student(res.model_uri), refs, iter_local(manifest, "source_val"),
                                          torch.device("cpu")))
     pp, _ = tune_postprocessing(val, classes=manifest.source_classes, thresholds=list(cfg.eval.thresholds),
-                                median_windows=list(cfg.eval.median_windows), frame_hop_s=manifest.output_hop_s)
+                                median_windows=list(cfg.eval.median_windows), frame_hop_s=manifest.output_hop_s,
+                                t_collar_s=cfg.eval.t_collar_s)
     pp_dict = {"threshold": pp.threshold, "median_frames": pp.median_frames}
     det_uri = ckpt.export_detector(res.model_uri, enc, pp_dict, str(root / "detector.pt"))
     return {"root": root, "detector": det_uri, "student": res.model_uri, "encoder": enc, "history": res.history,
@@ -121,11 +130,18 @@ def model(tmp_path_factory, ray_local):
 
 
 def long_recording(path, sr: int = 44100) -> list[Event]:
-    """30 s at 44.1 kHz: s1 events (one across the 10-s window boundary) among s2 distractors."""
+    """30 s written at 44.1 kHz: s1 events (one across the 10-s window boundary) among s2
+    distractors. Rendered at the corpus's 16 kHz and upsampled, so it holds the same band as
+    the training audio and the test measures the pipeline (resampling, windows), not how a
+    small model copes with new content above 8 kHz."""
+    from scipy.signal import resample_poly
+
     rng = np.random.default_rng(7)
     events = [Event(1.5, 3.0, "s1"), Event(4.2, 5.4, "s2"), Event(9.4, 10.9, "s1"), Event(13.0, 14.5, "s2"),
               Event(16.8, 17.8, "s1"), Event(20.5, 22.0, "s2"), Event(24.6, 26.4, "s1"), Event(28.0, 29.0, "s2")]
-    sf.write(path, render(events, 30.0, rng, sr), sr, subtype="PCM_16")
+    g = math.gcd(sr, SR)
+    wave = resample_poly(render(events, 30.0, rng), sr // g, SR // g).astype(np.float32)
+    sf.write(path, wave, sr, subtype="PCM_16")
     return [e for e in events if e.label == "s1"]
 
 
@@ -142,9 +158,12 @@ def test_export_bundles_everything_and_training_learned(model):
     assert det.window_frames == 501 and abs(det.output_hop_s - 0.04) < 1e-12
     losses = [h["loss"] for h in model["history"]]
     assert losses[-1] < losses[0], losses
+    # the encoder tells the classes apart (all-alike embeddings leave nothing to condition on)
+    s1, s2 = (detect.embed_reference(det, [str(model["root"] / "corpus" / "refs" / f"{c}_0.wav")]).embedding
+              for c in ("s1", "s2"))
+    assert float(s1 @ s2) / (np.linalg.norm(s1) * np.linalg.norm(s2)) < 0.9
 
 
-@pytest.mark.xfail(reason="issue 7 open: in a clean run at HEAD the fixture-trained detector found no events; cause not yet found", strict=False)
 @pytest.mark.slow
 def test_long_resampled_recording_finds_the_events(model, tmp_path):
     from tsd_ray.evaluation import score_event_lists
@@ -157,7 +176,8 @@ def test_long_resampled_recording_finds_the_events(model, tmp_path):
     assert d.probs.shape == (750,)  # 30 s at 40 ms, not truncated to 10 s
     sc = score_event_lists({"long": truth}, {"long": list(d.events)}, {"long": 30.0}, classes=["s1"])
     print("events", d.events, "event-F", sc.event_f, "segment-F", sc.segment_f)
-    assert sc.event_f >= 85.0, (d.events, sc.event_f)  # 4 events, 200 ms onset collar
+    under = [float(d.probs[int(e.onset / 0.04) : int(e.offset / 0.04)].mean()) for e in truth]
+    assert sc.event_f >= 85.0, (d.events, sc.event_f, "mean prob under true events", under, model["pp"])
     assert sc.segment_f >= 85.0
 
 
@@ -218,7 +238,6 @@ def test_folder_mode_matches_single_file_and_reports_failures(model, tmp_path):
     assert [d.events for d in serial.detections] == [d.events for d in res.detections]
 
 
-@pytest.mark.xfail(reason="issue 7 open: in a clean run at HEAD the fixture-trained detector found no events; cause not yet found", strict=False)
 @pytest.mark.slow
 def test_several_references_average_and_silent_reference_is_named(model, tmp_path):
     det = detect.load_detector(model["detector"], device="cpu")
@@ -282,7 +301,6 @@ def _job_in_process(capsys, *args) -> tuple[int, str]:
     return code, capsys.readouterr().err
 
 
-@pytest.mark.xfail(reason="issue 7 open: in a clean run at HEAD the fixture-trained detector found no events; cause not yet found", strict=False)
 @pytest.mark.slow
 def test_detect_job_single_file(model, tmp_path):
     wav = tmp_path / "long.wav"
@@ -302,7 +320,6 @@ def test_detect_job_single_file(model, tmp_path):
     assert "event-F" in r.stderr  # scored against --labels
 
 
-@pytest.mark.xfail(reason="issue 7 open: in a clean run at HEAD the fixture-trained detector found no events; cause not yet found", strict=False)
 @pytest.mark.slow
 def test_detect_job_bad_inputs_exit_2_naming_the_file(model, tmp_path, capsys):
     wav = tmp_path / "long.wav"
