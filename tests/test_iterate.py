@@ -106,8 +106,10 @@ def test_ray_job_submit_to_a_local_head(tmp_path):
     assert start.returncode == 0, start.stderr[-3000:]
     try:
         storage = tmp_path / "runs"
+        address = f"http://127.0.0.1:{dash}"
+        _wait_for_job_agent(ray_bin, address, env)
         sub = subprocess.run(
-            [ray_bin, "job", "submit", "--address", f"http://127.0.0.1:{dash}", "--working-dir", str(REPO),
+            [ray_bin, "job", "submit", "--address", address, "--working-dir", str(REPO),
              "--runtime-env-json", json.dumps({"excludes": [".venv", ".git", "*.parquet"]}),
              "--", "python", "jobs/iterate.py", "--config", "tests/configs/e2e.yaml",
              "--set", "method.recipes=[WS]", "--storage", str(storage), "--run-name", "submitted"],
@@ -121,6 +123,22 @@ def test_ray_job_submit_to_a_local_head(tmp_path):
         assert set(report["WS"]) >= {"segment_f", "event_f"}
     finally:
         _stop_head(tmp)  # only the head we started (`ray stop` would stop every Ray here)
+
+
+def _wait_for_job_agent(ray_bin: str, address: str, env: dict, timeout_s: float = 120.0) -> None:
+    """`ray start --head` returns before the node's dashboard agent has registered; a job
+    submitted in that window is refused with "No available agent to submit job" (seen in CI on
+    a loaded 2-core machine). Submit a no-op job until the head takes one, as a user would retry."""
+    deadline = time.time() + timeout_s
+    while True:
+        r = subprocess.run([ray_bin, "job", "submit", "--address", address, "--", "true"],
+                           env=env, capture_output=True, text=True, timeout=300)
+        out = r.stdout + r.stderr
+        if r.returncode == 0:
+            return
+        assert "No available agent" in out, out[-3000:]  # any other refusal is a real failure
+        assert time.time() < deadline, f"the head's job agent did not come up in {timeout_s:.0f} s:\n{out[-2000:]}"
+        time.sleep(3)
 
 
 def _stop_head(temp_dir: Path) -> None:
