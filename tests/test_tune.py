@@ -330,26 +330,23 @@ def test_smoke_search_end_to_end(tmp_path):
     assert cfg.method.lambda_d == good["params"]["method.lambda_d"]
     assert cfg.phases.w_target.lr == good["params"]["phases.w_target.lr"]
     assert cfg.run.storage == str(storage) and cfg.run.name == "smoke-best"
-    t1 = time.time()
-    r2 = _run_job([sys.executable, str(REPO / "jobs" / "iterate.py"), "--config", str(best_cfg)], timeout=2400)
+    # ... and it is the best trial's config exactly: iterate.py under the trial's run name opens
+    # that run's ledger (a different config would be refused there), skips every phase the
+    # trial trained and only adds the test evaluation and report. (A fresh run of the same
+    # config would differ only by Ray Data's unseeded shuffle order.)
+    r2 = _run_job([sys.executable, str(REPO / "jobs" / "iterate.py"), "--config", str(best_cfg),
+                   "--run-name", good["run"]], timeout=1200)
     out2 = r2.stdout + r2.stderr
     assert r2.returncode == 0, out2[-6000:]
-    t_iter = time.time() - t1
     assert "building features" not in out2  # same storage: the search's features are reused
+    for k in MS_PHASES:
+        assert f"skip {k}: finished earlier (ledger)" in out2, (k, out2[-4000:])
+    assert "start MS-" not in out2
     trial_steps = _steps(storage / good["run"] / "ledger.json")
-    repro_steps = _steps(storage / "smoke-best" / "ledger.json")
-    trial_score, repro = _f_best(trial_steps), _f_best(repro_steps)
-    assert math.isclose(trial_score, good["val_score"], abs_tol=1e-3)  # what Tune saw = the ledger
-    # Same config and seed; the re-run differs only by its own freshly pretrained encoder and
-    # Ray Data's unseeded shuffle order. On this tiny one-epoch config the f student's outputs
-    # stay near its prior, so with threshold 0.0 both score "always on" on target_val: equal
-    # up to float noise. The training losses are where the models themselves show: each
-    # phase's loss must agree within what batch order and encoder noise move it.
-    losses = {k: (trial_steps[k]["history"][-1]["loss"], repro_steps[k]["history"][-1]["loss"]) for k in MS_PHASES}
-    print(f"tune {t_tune:.0f} s, iterate {t_iter:.0f} s; f val {trial_score:.2f} vs {repro:.2f}; losses {losses}")
-    assert abs(repro - trial_score) <= 3.0, (repro, trial_score)
-    for k, (a, b) in losses.items():
-        assert abs(a - b) <= 0.15 * max(abs(a), abs(b)) + 0.05, (k, a, b)
+    assert math.isclose(_f_best(trial_steps), good["val_score"], abs_tol=1e-3)  # what Tune saw = the ledger
+    report = json.loads((storage / good["run"] / "report.json").read_text())
+    assert 0 <= report["MS"]["event_f"] <= 100 and 0 <= report["MS"]["segment_f"] <= 100
+    print(f"tune {t_tune:.0f} s")
 
     # started again with the same name the experiment is restored: nothing re-trains
     r3 = _run_job(cmd, timeout=900)
