@@ -3,8 +3,8 @@
 import torch
 
 from tsd_ray.config import DetectorConfig, DiscriminatorConfig
-from tsd_ray.losses import domain_loss
 from tsd_ray.loop import PhaseModel, ReferenceTable
+from tsd_ray.losses import domain_loss
 from tsd_ray.models.detector import Detector
 from tsd_ray.models.discriminator import Discriminator
 
