@@ -24,7 +24,7 @@ Threads: a Train worker with ``{"CPU": k}`` runs torch with OMP_NUM_THREADS=max(
 On a shared machine wall-clock rates follow the other jobs' load (and a multi-process Ray run
 gets a bigger share of an oversubscribed CPU than one bare process). So the table also gives
 samples per CPU-second of the training process itself (``time.process_time`` inside
-``train_epoch``: rank 0 / the bare loop; for N workers x N), which does not depend on how busy
+``train_epoch``: rank 0 / the bare loop), which does not depend on how busy
 the machine is, and ``fit CPU-ms/sample``: CPU of the whole process tree (driver, raylet, Train
 workers, Ray Data tasks) over the whole fit per trained sample — Ray's full bill, start-up and
 validation included.
@@ -277,16 +277,15 @@ def main(argv=None) -> dict:
     base = None
     for r in res["ray"]:
         sps = steady(r["epochs"])
-        # CPU-normalised: rank 0 processes 1/N of the rows; N ranks in step -> N x its rate
-        cps = r["workers"] * steady(r["epochs"], "samples_per_cpu_s")
+        wcps = steady(r["epochs"], "samples_per_cpu_s")  # rank 0's rows per its own CPU-second
         base = base or (sps if r["workers"] == 1 else None)
-        r.update(steady_samples_per_s=sps, steady_samples_per_worker_cpu_s=cps / r["workers"],
+        r.update(steady_samples_per_s=sps, steady_samples_per_worker_cpu_s=wcps,
                  overhead_vs_bare_pct=100.0 * (1.0 - sps / bare),
-                 cpu_overhead_vs_bare_pct=100.0 * (1.0 - cps / r["workers"] / bare_cpu),
+                 cpu_overhead_vs_bare_pct=100.0 * (1.0 - wcps / bare_cpu),
                  speedup_vs_1_worker=sps / base if base else None)
         n_total = r["samples"] * len(r["epochs"])
         rows.append([f"ray train w={r['workers']}", r["workers"], f"{sps:.1f}",
-                     f"{r['overhead_vs_bare_pct']:+.1f}%", f"{cps / r['workers']:.1f}",
+                     f"{r['overhead_vs_bare_pct']:+.1f}%", f"{wcps:.1f}",
                      f"{r['cpu_overhead_vs_bare_pct']:+.1f}%",
                      f"{r['speedup_vs_1_worker']:.2f}x" if base else "-", f"{r['fit_wall_s']:.1f}",
                      f"{1000 * r['fit_tree_cpu_s'] / n_total:.0f}"])
