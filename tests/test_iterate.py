@@ -94,11 +94,17 @@ def test_ray_job_submit_to_a_local_head(tmp_path):
     env["RAY_AUTH_MODE"] = "token"
     env["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
     ray_bin = str(Path(sys.executable).parent / "ray")
-    port = 6390 + os.getpid() % 50
-    dash = 8270 + os.getpid() % 50
+    # Every port of this head its own: the session's local Ray (ray_local) already holds the
+    # defaults, e.g. the dashboard agent's HTTP port 52365; a second node on the same port
+    # starts "successfully" but its agent never serves, and every submit is answered
+    # "No available agent to submit job" (CI, and reproduced here).
+    port, dash, agent_http, agent_grpc, env_agent, metrics, client = _free_ports(7)
     tmp = Path(tempfile.mkdtemp(prefix="tsdh", dir="/tmp"))  # short: Ray socket paths <= 107 chars
     start = subprocess.run(
         [ray_bin, "start", "--head", f"--port={port}", f"--dashboard-port={dash}", "--num-cpus=2",
+         f"--dashboard-agent-listen-port={agent_http}", f"--dashboard-agent-grpc-port={agent_grpc}",
+         f"--runtime-env-agent-port={env_agent}", f"--metrics-export-port={metrics}",
+         f"--ray-client-server-port={client}",
          "--include-dashboard=true", "--dashboard-host=127.0.0.1", "--disable-usage-stats",
          f"--temp-dir={tmp}"],
         env=env, capture_output=True, text=True, timeout=180,
@@ -125,10 +131,26 @@ def test_ray_job_submit_to_a_local_head(tmp_path):
         _stop_head(tmp)  # only the head we started (`ray stop` would stop every Ray here)
 
 
+def _free_ports(n: int) -> list[int]:
+    """n distinct TCP ports free on this machine now (bound to port 0, then released)."""
+    import socket
+
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
 def _wait_for_job_agent(ray_bin: str, address: str, env: dict, timeout_s: float = 120.0) -> None:
     """`ray start --head` returns before the node's dashboard agent has registered; a job
-    submitted in that window is refused with "No available agent to submit job" (seen in CI on
-    a loaded 2-core machine). Submit a no-op job until the head takes one, as a user would retry."""
+    submitted in that window is refused with "No available agent to submit job". Submit a
+    no-op job until the head takes one, as a user would retry."""
     deadline = time.time() + timeout_s
     while True:
         r = subprocess.run([ray_bin, "job", "submit", "--address", address, "--", "true"],
