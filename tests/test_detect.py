@@ -242,11 +242,15 @@ def test_folder_mode_matches_single_file_and_reports_failures(model, tmp_path):
 def test_several_references_average_and_silent_reference_is_named(model, tmp_path):
     det = detect.load_detector(model["detector"], device="cpu")
     one = detect.embed_reference(det, [model["ref_s1"]])
+    other = detect.embed_reference(det, [model["ref_s1b"]])
     two = detect.embed_reference(det, [model["ref_s1"], model["ref_s1b"]])
     e = two.embedding
     assert abs(np.linalg.norm(e) - np.sqrt(e.size)) < 1e-3
+    # the average of the per-clip normalised embeddings, normalised again
+    mean = one.embedding + other.embedding
+    assert np.allclose(e, mean * np.sqrt(e.size) / np.linalg.norm(mean), atol=1e-4)
     assert not np.allclose(one.embedding, e)
-    assert two.guess == "s1"
+    assert two.guess == one.guess == "s1" and two.paths == (model["ref_s1"], model["ref_s1b"])
     silent = tmp_path / "silent_ref.wav"
     sf.write(silent, np.zeros(SR, np.float32), SR)
     with pytest.raises(detect.DetectError, match="silent_ref.wav"):

@@ -49,3 +49,12 @@ def test_reference_table_fixed_and_drawn():
         rows = table.lookup(torch.tensor([-1]), torch.tensor([1]), g)
         seen.add(int(rows[0, 0]) // 2)
     assert seen == {0, 2, 5}  # every reference of class 1, nothing else
+
+
+def test_shuffle_seed_is_reproducible_and_fresh_per_epoch_rank_and_stream():
+    from tsd_ray.ray_utils import shuffle_seed
+
+    assert shuffle_seed(3, 1, 0) == shuffle_seed(3, 1, 0)
+    seeds = {shuffle_seed(s, e, r, k) for s in range(3) for e in range(20) for r in range(4) for k in range(3)}
+    assert len(seeds) == 3 * 20 * 4 * 3
+    assert all(0 <= x < 2**32 for x in seeds)

@@ -21,6 +21,7 @@ from tsd_ray import checkpoint as ckpt
 from tsd_ray import storage
 from tsd_ray.config import Config, config_from_dict
 from tsd_ray.data import Manifest, read_references
+from tsd_ray.ray_utils import shuffle_seed
 
 
 def _augment_refs(mel: torch.Tensor, n_frames: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -72,7 +73,9 @@ def encoder_loop_per_worker(config: dict) -> dict:
     for epoch in range(start, ec.epochs):
         model.train()
         tot = correct = n = 0.0
-        for b in shard.iter_batches(batch_size=ec.batch_size, batch_format="numpy", local_shuffle_buffer_size=256):
+        batches = shard.iter_batches(batch_size=ec.batch_size, batch_format="numpy", local_shuffle_buffer_size=256,
+                                     local_shuffle_seed=shuffle_seed(cfg.train.seed, epoch, rank))
+        for b in batches:
             mel = torch.as_tensor(b["mel"]).float()
             y = torch.as_tensor([class_index[str(c)] for c in b["label"]], device=device)
             mel = _augment_refs(mel, torch.as_tensor(b["n_frames"]), gen).to(device)

@@ -32,6 +32,7 @@ from tsd_ray import storage
 from tsd_ray.config import Config, config_from_dict
 from tsd_ray.data import NUMERIC_KEYS
 from tsd_ray.phase import PhaseSpec
+from tsd_ray.ray_utils import shuffle_seed
 
 log = logging.getLogger(__name__)
 
@@ -498,13 +499,20 @@ def train_loop_per_worker(config: dict) -> dict:
     tc = ctx.cfg.train
     bs = tc.batch_size
 
+    aux_passes = [0]
+
     def aux_factory():
-        return iter(aux_shard.iter_torch_batches(batch_size=max(1, bs // 2), local_shuffle_buffer_size=tc.shuffle_buffer or None))
+        aux_passes[0] += 1
+        return iter(aux_shard.iter_torch_batches(
+            batch_size=max(1, bs // 2), local_shuffle_buffer_size=tc.shuffle_buffer or None,
+            local_shuffle_seed=shuffle_seed(tc.seed, epoch, world_rank, aux_passes[0]) if tc.shuffle_buffer else None,
+        ))
 
     for epoch in range(ctx.start_epoch, phase.epochs):
         _maybe_fail(ctx, epoch, config)
         train_it = train_shard.iter_torch_batches(
             batch_size=bs, local_shuffle_buffer_size=tc.shuffle_buffer or None,
+            local_shuffle_seed=shuffle_seed(tc.seed, epoch, world_rank) if tc.shuffle_buffer else None,
         )
         stats = train_epoch(ctx, train_it, aux_factory if aux_shard is not None else None)
         val = validate(ctx, val_shard.iter_batches(batch_size=64, batch_format="numpy"))

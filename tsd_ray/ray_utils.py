@@ -17,6 +17,12 @@ def quiet_data_context() -> None:
     ctx.print_on_execution_start = False
 
 
+def shuffle_seed(seed: int, epoch: int, rank: int, stream: int = 0) -> int:
+    """Seed of one epoch's local shuffle on one worker: a fresh order every epoch, rank and
+    stream, the same order for the same ``train.seed`` (Ray's default draws it from the OS)."""
+    return (seed * 1_000_003 + epoch * 10_007 + rank * 101 + stream) % (2**32)
+
+
 def ensure_ray(num_cpus: int | None = None, *, include_dashboard: bool | None = None) -> None:
     """Join the cluster a job was submitted to (RAY_ADDRESS), or start a local Ray.
 
