@@ -333,8 +333,8 @@ def test_smoke_search_end_to_end(tmp_path):
     assert cfg.run.storage == str(storage) and cfg.run.name == "smoke-best"
     # ... and it is the best trial's config exactly: iterate.py under the trial's run name opens
     # that run's ledger (a different config would be refused there), skips every phase the
-    # trial trained and only adds the test evaluation and report. (A fresh run of the same
-    # config would differ only by Ray Data's unseeded shuffle order.)
+    # trial trained and only adds the test evaluation and report (a fresh run of the same
+    # config would retrain every phase to get there).
     r2 = _run_job([sys.executable, str(REPO / "jobs" / "iterate.py"), "--config", str(best_cfg),
                    "--run-name", good["run"]], timeout=1200)
     out2 = r2.stdout + r2.stderr
