@@ -78,7 +78,7 @@ def load_reference_table(uri: str, n_classes: int) -> ReferenceTable:
     fs, path = storage.resolve(uri)
     t = pq.read_table(path, filesystem=fs)
     emb = torch.from_numpy(np.stack(t.column("embedding").to_numpy(zero_copy_only=False)).astype(np.float32))
-    cls = torch.as_tensor(t.column("class_idx").to_numpy(), dtype=torch.long)
+    cls = torch.from_numpy(t.column("class_idx").to_numpy().astype(np.int64))  # a writable copy
     return ReferenceTable(emb, cls, n_classes)
 
 
