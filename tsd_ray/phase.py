@@ -6,6 +6,8 @@ one training function (:mod:`tsd_ray.loop`) runs them all.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import asdict, dataclass, replace
 from typing import Literal
 
@@ -53,6 +55,18 @@ class PhaseSpec:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def content_key(self) -> str:
+        """Digest of everything that makes this phase train as it does: all fields but the name.
+
+        Within one run (whose config its ledger pins) two specs with one key train the same
+        student, so the second can take the first's result: an ablation's phases before its
+        switch takes effect are the main chain's own (teachers and inits are model URIs, so
+        the sameness carries down the chain).
+        """
+        fields = self.to_dict()
+        fields.pop("name")
+        return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
     def with_(self, **changes) -> PhaseSpec:
         return replace(self, **changes)

@@ -129,14 +129,24 @@ class Run:
 
     # -- phases ----------------------------------------------------------------------------
     def phase(self, spec: PhaseSpec) -> dict[str, Any]:
+        """Train ``spec`` unless the ledger has it, or has a phase that differs only in name."""
         from tsd_ray.runner import run_phase
+
+        key = spec.content_key()
+        if not self.ledger.done(spec.name):
+            twin = next((n for n, e in self.ledger.steps.items() if e.get("phase_key") == key), None)
+            if twin is not None:
+                entry = {k: v for k, v in self.ledger.get(twin).items() if k not in ("finished_at", "seconds")}
+                entry["reused_from"] = entry.get("reused_from", twin)
+                say(f"reuse {entry['reused_from']} for {spec.name}: the same phase under another name")
+                return self.ledger.record(spec.name, **entry, seconds=0.0)
 
         def go():
             r = run_phase(self.cfg, spec, self.manifest, self.embeddings, storage_path=self.root,
                           run_name=self.cfg.run.name)
             return {"model_uri": r.model_uri, "checkpoint_uri": r.checkpoint_uri,
                     "best_val_score": r.best_val_score, "best_metrics": r.best_metrics,
-                    "history": r.history, "student": spec.student}
+                    "history": r.history, "student": spec.student, "phase_key": key}
 
         return self.step(spec.name, go)
 

@@ -1,0 +1,85 @@
+"""Algorithm 1's step logic without Ray: which phases an ablation trains and which it reuses."""
+
+import dataclasses
+import types
+
+import pytest
+
+from tsd_ray import runner
+from tsd_ray.config import load_config
+from tsd_ray.pipeline import ABLATIONS, Run, run_ms
+
+
+@pytest.fixture
+def fake_run(tmp_path, monkeypatch):
+    """A Run over tmp storage whose phases 'train' instantly and log what they were given."""
+    cfg = load_config("tiny", ["method.max_iterations=1", f"run.storage={tmp_path}"])
+    trained = []
+
+    def fake_run_phase(cfg_, spec, manifest, embeddings, storage_path, run_name):
+        trained.append(spec)
+        return types.SimpleNamespace(
+            model_uri=f"{storage_path}/{run_name}-{spec.name}/model.pt", checkpoint_uri=None,
+            best_val_score=float(len(trained)), best_metrics={}, history=[])
+
+    monkeypatch.setattr(runner, "run_phase", fake_run_phase)
+    run = Run(cfg, str(tmp_path), manifest=None)
+    run.embeddings = "emb.parquet"
+    return run, trained
+
+
+def test_ablations_reuse_the_main_chain_up_to_their_switch(fake_run):
+    run, trained = fake_run
+    ms = run_ms(run, run.cfg.method)
+    assert [s.name for s in trained] == [f"MS-{n}" for n in
+                                         ("p1_f_source", "p2_w_source", "p3_w_target", "p4_f_target", "it1_w", "it1_f")]
+    main_uri = {s.name.removeprefix("MS-"): run.ledger.get(s.name)["model_uri"] for s in trained}
+
+    def ablate(name):
+        trained.clear()
+        result = run_ms(run, dataclasses.replace(run.cfg.method, **ABLATIONS[name]), prefix=name)
+        return result, [s.name.removeprefix(f"{name}-") for s in trained]
+
+    # no pseudo supervision: phases 1-3 are the main chain's, its final model is MS's phase-3 w
+    no_ps, ran = ablate("no_PS")
+    assert ran == []
+    assert no_ps["final"]["model_uri"] == main_uri["p3_w_target"]
+    assert run.ledger.get("no_PS-p3_w_target")["reused_from"] == "MS-p3_w_target"
+    # no KD: phase 1 is shared; phase 2 loses its teacher, so it and all after it train anew
+    _, ran = ablate("no_KD")
+    assert ran == ["p2_w_source", "p3_w_target", "p4_f_target", "it1_w", "it1_f"]
+    assert trained[0].kd_teacher is None and trained[0].name == "no_KD-p2_w_source"
+    assert run.ledger.get("no_KD-p1_f_source")["model_uri"] == main_uri["p1_f_source"]
+    assert trained[1].init == run.ledger.get("no_KD-p2_w_source")["model_uri"] != main_uri["p2_w_source"]
+    # no adversarial term: every phase differs
+    _, ran = ablate("no_AD")
+    assert len(ran) == 6 and not any(s.adversarial for s in trained)
+    assert ms["final"]["model_uri"] == main_uri["it1_f"]
+
+
+def test_a_reused_phase_is_recorded_and_survives_a_restart(fake_run):
+    run, trained = fake_run
+    run_ms(run, run.cfg.method)
+    run_ms(run, dataclasses.replace(run.cfg.method, pseudo=False), prefix="no_PS")
+    entry = run.ledger.get("no_PS-p2_w_source")
+    assert entry["reused_from"] == "MS-p2_w_source" and entry["seconds"] == 0.0
+    assert entry["phase_key"] == run.ledger.get("MS-p2_w_source")["phase_key"]
+    # a restarted job reads the reused steps back from the ledger and trains nothing
+    trained.clear()
+    again = Run(run.cfg, run.root, manifest=None)
+    again.embeddings = run.embeddings
+    run_ms(again, dataclasses.replace(run.cfg.method, pseudo=False), prefix="no_PS")
+    assert trained == []
+    assert again.ledger.get("no_PS-p2_w_source") == entry
+
+
+def test_the_phase_key_ignores_only_the_name(fake_run):
+    run, _ = fake_run
+    from tsd_ray.phase import make_phase
+
+    spec = make_phase(run.cfg, "f_source", "a", student="f", train_split="source_train",
+                      val_split="source_val", loss="frame")
+    assert spec.content_key() == spec.with_(name="b").content_key()
+    for change in ({"lr": spec.lr * 2}, {"epochs": spec.epochs + 1}, {"adversarial": not spec.adversarial},
+                   {"init": "x.pt"}, {"kd_teacher": "f.pt"}, {"lambda_d": 0.5}):
+        assert spec.with_(**change).content_key() != spec.content_key(), change
