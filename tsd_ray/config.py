@@ -164,7 +164,7 @@ class TrainConfig:
     cache_max_samples: int = 20000
     mixed_precision: bool = True  # bf16 autocast on GPU; ignored on CPU
     max_failures: int = 2  # FailureConfig
-    seed: int = 0  # model init, augmentation and every epoch's local shuffle (per worker)
+    seed: int = 0  # model init, augmentation and every epoch's local shuffle (per worker; see shuffle_seed)
     fail_at_epoch: int = -1  # fault injection for tests: a worker raises once at this epoch
 
 

@@ -19,7 +19,11 @@ def quiet_data_context() -> None:
 
 def shuffle_seed(seed: int, epoch: int, rank: int, stream: int = 0) -> int:
     """Seed of one epoch's local shuffle on one worker: a fresh order every epoch, rank and
-    stream, the same order for the same ``train.seed`` (Ray's default draws it from the OS)."""
+    stream, the same order for the same ``train.seed`` (Ray's default draws it from the OS).
+
+    With one worker a phase then repeats; with several it does not quite: Ray Train's streaming
+    split gives blocks to whichever worker asks first, so each worker's input differs run to run.
+    """
     return (seed * 1_000_003 + epoch * 10_007 + rank * 101 + stream) % (2**32)
 
 
