@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import os
 
+import numpy as np
+
 log = logging.getLogger(__name__)
 
 
@@ -24,7 +26,7 @@ def shuffle_seed(seed: int, epoch: int, rank: int, stream: int = 0) -> int:
     With one worker a phase then repeats; with several it does not quite: Ray Train's streaming
     split gives blocks to whichever worker asks first, so each worker's input differs run to run.
     """
-    return (seed * 1_000_003 + epoch * 10_007 + rank * 101 + stream) % (2**32)
+    return int(np.random.SeedSequence([seed, epoch, rank, stream]).generate_state(1)[0])
 
 
 def ensure_ray(num_cpus: int | None = None, *, include_dashboard: bool | None = None) -> None:
