@@ -58,3 +58,86 @@ def test_shuffle_seed_is_reproducible_and_fresh_per_epoch_rank_and_stream():
     seeds = {shuffle_seed(s, e, r, k) for s in range(3) for e in range(20) for r in range(4) for k in range(3)}
     assert len(seeds) == 3 * 20 * 4 * 3
     assert all(0 <= x < 2**32 for x in seeds)
+
+
+def _replay_ctx(replay: bool, adversarial: bool):
+    from tsd_ray.config import Config
+    from tsd_ray.loop import Context
+    from tsd_ray.phase import PhaseSpec
+
+    torch.manual_seed(0)
+    student = Detector(DET, 16, "linsoft")
+    disc = Discriminator(DiscriminatorConfig(channels=(4, 4, 4)), student.out_channels) if adversarial else None
+    core = PhaseModel(student, disc, None)
+    phase = PhaseSpec(name="p", student="w", train_split="target_train", val_split="target_val", loss="clip",
+                      epochs=1, lr=1e-3, patience=1, adversarial=adversarial, replay=replay, replay_weight=0.5)
+    return Context(
+        cfg=Config(), phase=phase, manifest={}, sources={}, device=torch.device("cpu"), model=core, core=core,
+        optimizer=torch.optim.SGD(core.parameters(), lr=0.0), kd_teacher=None, pseudo_teacher=None,
+        refs=ReferenceTable(torch.randn(4, 6), torch.tensor([0, 1, 2, 3]), n_classes=4),
+        gen=torch.Generator().manual_seed(0),
+    )
+
+
+def _replay_batch(source_labels: torch.Tensor):
+    n_out = source_labels.shape[1]
+    g = torch.Generator().manual_seed(1)
+    return {
+        "mel": torch.randn(4, 2 * n_out, 16, generator=g),
+        "frame_labels": torch.cat([torch.zeros(2, n_out), source_labels]),
+        "n_valid": torch.full((4,), n_out),
+        "ref_idx": torch.tensor([0, 1, 2, 3]),
+        "target_idx": torch.tensor([0, 1, 2, 3]),
+        "clip_label": torch.tensor([1.0, 0.0, 1.0, 1.0]),
+        "has_strong": torch.tensor([False, False, True, True]),  # target rows weak, source rows strong
+        "domain": torch.tensor([1, 1, 0, 0]),
+        "is_main": torch.tensor([1, 1, 0, 0]),
+    }
+
+
+def test_source_replay_fits_the_source_rows_strong_labels():
+    from tsd_ray import losses
+    from tsd_ray.loop import compute_losses
+
+    n_out = 10
+    on = torch.zeros(2, n_out)
+    on[:, 3:7] = 1.0
+    for adversarial in (False, True):
+        ctx = _replay_ctx(replay=True, adversarial=adversarial)
+        b = _replay_batch(on)
+        _, parts = compute_losses(ctx, b)
+        assert set(parts) == ({"clip", "replay", "domain"} if adversarial else {"clip", "replay"})
+        # the replay term is replay_weight x the frame BCE of the source rows (2, 3) only
+        with torch.no_grad():  # same rows, same train-mode forward (no augmentation configured)
+            out = ctx.core.student(b["mel"], ctx.refs.lookup(b["ref_idx"], b["target_idx"], None))
+        expected = 0.5 * losses.frame_bce(out.frame_logits[2:], on)
+        assert abs(parts["replay"] - float(expected)) < 1e-5
+        # the source rows' labels move it; the clip loss of the target rows does not see them
+        _, parts_zero = compute_losses(_replay_ctx(True, adversarial), _replay_batch(torch.zeros(2, n_out)))
+        assert abs(parts_zero["replay"] - parts["replay"]) > 1e-3
+        assert parts_zero["clip"] == parts["clip"]
+    # without replay the source rows give no task loss (only the discriminator sees them)
+    _, parts = compute_losses(_replay_ctx(replay=False, adversarial=True), _replay_batch(on))
+    assert set(parts) == {"clip", "domain"}
+
+
+def test_replay_phase_specs():
+    import dataclasses
+
+    import pytest
+
+    from tsd_ray.config import Config
+    from tsd_ray.phase import PhaseSpec, make_phase, ss_phase, ws_phase
+
+    cfg = Config()
+    cfg = dataclasses.replace(cfg, method=dataclasses.replace(cfg.method, source_replay=True, adversarial=False,
+                                                              replay_weight=0.7))
+    tgt = make_phase(cfg, "w_target", "p3", student="w", train_split="target_train", val_split="target_val", loss="clip")
+    src = make_phase(cfg, "f_source", "p1", student="f", train_split="source_train", val_split="source_val", loss="frame")
+    assert (tgt.replay, tgt.replay_weight, tgt.aux_split) == (True, 0.7, "source_train")
+    assert (src.replay, src.aux_split) == (False, None)  # nothing to replay in a source phase
+    assert not ss_phase(cfg).replay and not ws_phase(cfg).replay  # baselines stay what they are
+    bad = PhaseSpec(name="x", student="f", train_split="source_train", val_split="source_val", loss="frame",
+                    epochs=1, lr=1e-3, patience=1, replay=True)
+    with pytest.raises(ValueError, match="replay is for target-domain phases"):
+        bad.aux_split

@@ -97,9 +97,9 @@ def test_write_report_files_and_tables(tmp_path):
     assert "MS closes 74.9 % of the WS → SS event-F gap" in md  # paper: ~75 %
 
     t2 = table_rows(md, "Setting")
-    assert t2[0] == ["Setting", "KD", "PS", "AD", "Segment-F (%)", "Event-F (%)"]
-    assert t2[2] == ["none", "✗", "✗", "✗", "49.40", "39.10"]
-    assert t2[3] == ["KD+PS", "✓", "✓", "✗", "50.90", "46.00"]
+    assert t2[0] == ["Setting", "KD", "PS", "AD", "SR", "Segment-F (%)", "Event-F (%)"]
+    assert t2[2] == ["none", "✗", "✗", "✗", "–", "49.40", "39.10"]  # no SR switch given: –
+    assert t2[3] == ["KD+PS", "✓", "✓", "✗", "–", "50.90", "46.00"]
     assert t2[4][:4] == ["all", "✓", "✓", "✓"]  # config-style switch names accepted
 
     t3 = table_rows(md, "Iteration")

@@ -111,6 +111,10 @@ class MethodConfig:
     pseudo: bool = True  # pseudo-supervised f student (eq. 7)
     adversarial: bool = True  # domain discriminator with gradient reversal (eq. 8-9)
     lambda_d: float = 0.2
+    # Target-domain phases keep training on source rows with their strong labels (eq. 2), so
+    # localisation learnt on D_s is not forgotten while the students learn D_t (README, Jobs).
+    source_replay: bool = True
+    replay_weight: float = 1.0
     alpha_kd: float = 1.0
     max_iterations: int = 2  # loop of Algorithm 1 line 5
     iteration_patience: int = 1  # loop stops after this many iterations without f improving

@@ -249,8 +249,8 @@ def _valid_mask(n_valid: torch.Tensor, n_out: int) -> torch.Tensor:
 def compute_losses(ctx: Context, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
     """Total loss of one batch and its parts (floats, for logging).
 
-    Rows with ``is_main`` are the phase's task rows; the others (other domain) only feed the
-    discriminator. The discriminator sees every row through gradient reversal, so it learns
+    Rows with ``is_main`` are the phase's task rows; the others (other domain) feed the
+    discriminator and, with ``phase.replay``, their own strong-label frame loss. The discriminator sees every row through gradient reversal, so it learns
     to tell the domains apart while the feature extractor learns to confuse it (eq. 9).
     """
     from tsd_ray import augment, losses
@@ -290,6 +290,10 @@ def compute_losses(ctx: Context, batch: dict[str, torch.Tensor]) -> tuple[torch.
                 parts["pseudo"] = losses.frame_bce(out.frame_logits[m], targets, mask[m])
             if kd is not None:
                 parts["kd"] = phase.alpha_kd * kd
+        if phase.replay:  # source rows keep their strong labels (eq. 2) in a target phase
+            r = ~m & batch["has_strong"].bool()
+            if bool(r.any()):
+                parts["replay"] = phase.replay_weight * losses.frame_bce(out.frame_logits[r], labels[r], mask[r])
         if domain_logit is not None:
             # D minimises L_d (eq. 8); the reversal makes the extractor maximise lambda_d * L_d
             parts["domain"] = losses.domain_loss(domain_logit, batch["domain"].float())
@@ -495,7 +499,7 @@ def train_loop_per_worker(config: dict) -> dict:
     world_rank = ray.train.get_context().get_world_rank()
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val")
-    aux_shard = ray.train.get_dataset_shard("aux") if phase.adversarial else None
+    aux_shard = ray.train.get_dataset_shard("aux") if phase.aux_split is not None else None
     tc = ctx.cfg.train
     bs = tc.batch_size
 

@@ -24,7 +24,8 @@ class PhaseSpec:
     ``loss``: ``frame`` = frame BCE on strong labels (eq. 2); ``clip`` = clip BCE on the
     LinSoft output (eq. 3); ``pseudo`` = frame BCE on soft labels from ``pseudo_teacher``
     (eq. 7). ``kd_teacher`` adds ``alpha_kd * L_kd`` (eq. 4-5). ``adversarial`` adds the
-    domain discriminator with gradient reversal on both domains (eq. 8-9).
+    domain discriminator with gradient reversal on both domains (eq. 8-9). ``replay`` (target
+    phases only) adds ``replay_weight`` x frame BCE on source rows with strong labels.
     """
 
     name: str
@@ -41,6 +42,8 @@ class PhaseSpec:
     adversarial: bool = False
     lambda_d: float = 0.2
     alpha_kd: float = 1.0
+    replay: bool = False  # a target phase also fits the source rows' strong labels (eq. 2)
+    replay_weight: float = 1.0
 
     @property
     def domain(self) -> str:
@@ -48,8 +51,10 @@ class PhaseSpec:
 
     @property
     def aux_split(self) -> str | None:
-        """The other domain's training split, fed to the discriminator."""
-        if not self.adversarial:
+        """The other domain's training split: fed to the discriminator, and replayed."""
+        if self.replay and self.domain != "target":
+            raise ValueError(f"phase {self.name}: replay is for target-domain phases, not {self.train_split}")
+        if not (self.adversarial or self.replay):
             return None
         return "target_train" if self.domain == "source" else "source_train"
 
@@ -80,6 +85,7 @@ def make_phase(cfg: Config, key: str, name: str, **kw) -> PhaseSpec:
     """Build a phase from the config section ``phases.<key>`` and the method switches."""
     pc = _p(cfg, key)
     m = cfg.method
+    replay = m.source_replay and kw.pop("replay", True) and kw["train_split"].startswith("target")
     return PhaseSpec(
         name=name,
         epochs=pc.epochs,
@@ -88,6 +94,8 @@ def make_phase(cfg: Config, key: str, name: str, **kw) -> PhaseSpec:
         adversarial=m.adversarial if kw.pop("adversarial", True) else False,
         lambda_d=m.lambda_d,
         alpha_kd=m.alpha_kd,
+        replay=bool(replay),
+        replay_weight=m.replay_weight if replay else 1.0,
         **kw,
     )
 
@@ -96,7 +104,7 @@ def ss_phase(cfg: Config) -> PhaseSpec:
     """SS baseline: f student on the target domain's strong labels (upper bound)."""
     return make_phase(
         cfg, "ss", "SS", student="f", train_split="target_train", val_split="target_val",
-        loss="frame", adversarial=False,
+        loss="frame", adversarial=False, replay=False,
     )
 
 
@@ -104,5 +112,5 @@ def ws_phase(cfg: Config) -> PhaseSpec:
     """WS baseline: w student on the target domain's weak labels only."""
     return make_phase(
         cfg, "ws", "WS", student="w", train_split="target_train", val_split="target_val",
-        loss="clip", adversarial=False,
+        loss="clip", adversarial=False, replay=False,
     )

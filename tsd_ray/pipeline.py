@@ -28,6 +28,7 @@ ABLATIONS: dict[str, dict[str, bool]] = {
     "no_KD": {"kd": False},
     "no_PS": {"pseudo": False},
     "no_AD": {"adversarial": False},
+    "no_SR": {"source_replay": False},
 }
 
 
@@ -279,10 +280,13 @@ def run_all(cfg: Config, *, storage_override: str | None = None, ablations: bool
     if ablations:
         results["ablations"] = {}
         for name, switches in ABLATIONS.items():
+            if all(getattr(cfg.method, k) == v for k, v in switches.items()):
+                continue  # already off in the main chain: the row would be MS again
             method = dataclasses.replace(cfg.method, **switches)
             ab = run_ms(run, method, prefix=name)
             results["ablations"][name] = {**_scores(run.evaluate(f"{name}-eval", ab["final"]["model_uri"])),
-                                          "switches": {"KD": method.kd, "PS": method.pseudo, "AD": method.adversarial}}
+                                          "switches": {"KD": method.kd, "PS": method.pseudo, "AD": method.adversarial,
+                                                       "SR": method.source_replay}}
     results["settings"] = {
         "segment_s": cfg.eval.segment_s, "t_collar_s": cfg.eval.t_collar_s,
         "percentage_of_length": cfg.eval.percentage_of_length, "run": cfg.run.name,

@@ -32,11 +32,12 @@ METHODS: dict[str, str] = {
     "WS": "WS (w student, weak target labels)",
     "MS": "MS (two-student, mixed supervision)",
 }
-SWITCHES: tuple[str, ...] = ("KD", "PS", "AD")
+SWITCHES: tuple[str, ...] = ("KD", "PS", "AD", "SR")
 _SWITCH_ALIASES = {
     "KD": ("KD", "kd"),
     "PS": ("PS", "ps", "pseudo"),
     "AD": ("AD", "ad", "adversarial"),
+    "SR": ("SR", "sr", "source_replay"),
 }
 
 
@@ -178,9 +179,10 @@ def _switch(switches: Mapping[str, Any], name: str) -> Any:
 
 
 def format_table2(ablations: Mapping[str, Mapping[str, Any]]) -> str:
-    """Table 2: ablation | KD | PS | AD (✓/✗) | Segment-F (%) | Event-F (%).
+    """Table 2: ablation | KD | PS | AD | SR (✓/✗) | Segment-F (%) | Event-F (%).
 
-    Each entry's ``switches`` gives KD/PS/AD (or kd/pseudo/adversarial); ``–`` when absent.
+    Each entry's ``switches`` gives KD/PS/AD/SR (or kd/pseudo/adversarial/source_replay);
+    ``–`` when absent.
     """
     rows = []
     for name, entry in ablations.items():
