@@ -137,7 +137,6 @@ def test_replay_phase_specs():
     assert (tgt.replay, tgt.replay_weight, tgt.aux_split) == (True, 0.7, "source_train")
     assert (src.replay, src.aux_split) == (False, None)  # nothing to replay in a source phase
     assert not ss_phase(cfg).replay and not ws_phase(cfg).replay  # baselines stay what they are
-    bad = PhaseSpec(name="x", student="f", train_split="source_train", val_split="source_val", loss="frame",
-                    epochs=1, lr=1e-3, patience=1, replay=True)
     with pytest.raises(ValueError, match="replay is for target-domain phases"):
-        bad.aux_split
+        PhaseSpec(name="x", student="f", train_split="source_train", val_split="source_val", loss="frame",
+                  epochs=1, lr=1e-3, patience=1, replay=True)

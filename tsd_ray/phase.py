@@ -45,6 +45,10 @@ class PhaseSpec:
     replay: bool = False  # a target phase also fits the source rows' strong labels (eq. 2)
     replay_weight: float = 1.0
 
+    def __post_init__(self) -> None:
+        if self.replay and self.domain != "target":
+            raise ValueError(f"phase {self.name}: replay is for target-domain phases, not {self.train_split}")
+
     @property
     def domain(self) -> str:
         return self.train_split.split("_")[0]
@@ -52,8 +56,6 @@ class PhaseSpec:
     @property
     def aux_split(self) -> str | None:
         """The other domain's training split: fed to the discriminator, and replayed."""
-        if self.replay and self.domain != "target":
-            raise ValueError(f"phase {self.name}: replay is for target-domain phases, not {self.train_split}")
         if not (self.adversarial or self.replay):
             return None
         return "target_train" if self.domain == "source" else "source_train"
