@@ -58,9 +58,10 @@ def test_shipped_spaces_check_against_their_configs():
     assert space.scheduler == "asha" and space.budget.grace_period == 1
     assert cfg.phases.f_source.epochs == 1  # the base_config is resolved relative to the space
     paper, _, _ = validate(PAPER, "tiny")
-    assert set(paper.keys) == {"method.lambda_d", "method.alpha_kd", "method.max_iterations"}
+    assert set(paper.keys) == {"method.lambda_d", "method.alpha_kd", "method.replay_weight", "method.max_iterations"}
     dists = {p.key: p.type for p in paper.params}
-    assert dists == {"method.lambda_d": "loguniform", "method.alpha_kd": "loguniform", "method.max_iterations": "randint"}
+    assert dists == {"method.lambda_d": "loguniform", "method.alpha_kd": "loguniform",
+                     "method.replay_weight": "loguniform", "method.max_iterations": "randint"}
 
 
 def test_param_space_maps_to_tune_distributions():
