@@ -31,6 +31,7 @@ def fake_run(tmp_path, monkeypatch):
 def test_ablations_reuse_the_main_chain_up_to_their_switch(fake_run):
     run, trained = fake_run
     ms = run_ms(run, run.cfg.method)
+    ms_specs = list(trained)
     assert [s.name for s in trained] == [f"MS-{n}" for n in
                                          ("p1_f_source", "p2_w_source", "p3_w_target", "p4_f_target", "it1_w", "it1_f")]
     main_uri = {s.name.removeprefix("MS-"): run.ledger.get(s.name)["model_uri"] for s in trained}
@@ -54,6 +55,12 @@ def test_ablations_reuse_the_main_chain_up_to_their_switch(fake_run):
     # no adversarial term: every phase differs
     _, ran = ablate("no_AD")
     assert len(ran) == 6 and not any(s.adversarial for s in trained)
+    # no source replay (the paper's Algorithm 1): the source phases are MS's, the target ones
+    # train anew without replay; in MS every target phase replays and no source phase does
+    assert [s.replay for s in ms_specs] == [False, False, True, True, True, True]
+    _, ran = ablate("no_SR")
+    assert ran == ["p3_w_target", "p4_f_target", "it1_w", "it1_f"]
+    assert not any(s.replay for s in trained) and all(s.aux_split == "source_train" for s in trained)
     assert ms["final"]["model_uri"] == main_uri["it1_f"]
 
 
