@@ -250,8 +250,9 @@ def compute_losses(ctx: Context, batch: dict[str, torch.Tensor]) -> tuple[torch.
     """Total loss of one batch and its parts (floats, for logging).
 
     Rows with ``is_main`` are the phase's task rows; the others (other domain) feed the
-    discriminator and, with ``phase.replay``, their own strong-label frame loss. The discriminator sees every row through gradient reversal, so it learns
-    to tell the domains apart while the feature extractor learns to confuse it (eq. 9).
+    discriminator and, with ``phase.replay``, their own strong-label frame loss (eq. 2). The
+    discriminator sees every row through gradient reversal, so it learns to tell the domains
+    apart while the feature extractor learns to confuse it (eq. 9).
     """
     from tsd_ray import augment, losses
 
@@ -325,7 +326,8 @@ def train_epoch(ctx: Context, train_it, aux_it_factory) -> dict[str, float]:
                 if aux is None:
                     raise ValueError(
                         f"phase {ctx.phase.name}: the auxiliary split '{ctx.phase.aux_split}' gave "
-                        "this worker no rows; build more data for it or turn the adversary off"
+                        "this worker no rows; build more data for it, or turn off what reads it "
+                        "(method.adversarial=false, method.source_replay=false)"
                     ) from None
             aux["is_main"] = torch.zeros_like(aux["clip_label"])
             batch = {k: torch.cat([batch[k], aux[k]]) for k in batch}
