@@ -98,6 +98,7 @@ def test_write_report_files_and_tables(tmp_path):
 
     t2 = table_rows(md, "Setting")
     assert t2[0] == ["Setting", "KD", "PS", "AD", "SR", "Segment-F (%)", "Event-F (%)"]
+    assert t2[1] == ["---", ":---:", ":---:", ":---:", ":---:", "---:", "---:"]  # one alignment per column
     assert t2[2] == ["none", "✗", "✗", "✗", "–", "49.40", "39.10"]  # no SR switch given: –
     assert t2[3] == ["KD+PS", "✓", "✓", "✗", "–", "50.90", "46.00"]
     assert t2[4][:4] == ["all", "✓", "✓", "✓"]  # config-style switch names accepted
@@ -140,7 +141,7 @@ def test_table_functions_alone():
     assert (
         format_table1(paper_results()).splitlines()[0] == "| Method | Segment-F (%) | Event-F (%) |"
     )
-    assert "| --- | :---: | :---: | :---: | ---: | ---: |" in format_table2(
+    assert "| --- | :---: | :---: | :---: | :---: | ---: | ---: |\n" in format_table2(
         paper_results()["ablations"]
     )
     assert format_table3([{"iteration": 2}]).splitlines()[-1] == "| 2 | – | – | – | – |"

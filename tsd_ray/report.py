@@ -195,7 +195,7 @@ def format_table2(ablations: Mapping[str, Mapping[str, Any]]) -> str:
                 fmt(_score(entry, "event_f", f"'ablations'][{name!r}")),
             ]
         )
-    return _table(["Setting", *SWITCHES, "Segment-F (%)", "Event-F (%)"], rows, "lcccrr")
+    return _table(["Setting", *SWITCHES, "Segment-F (%)", "Event-F (%)"], rows, "l" + "c" * len(SWITCHES) + "rr")
 
 
 def format_table3(iterations: Sequence[Mapping[str, Any]]) -> str:
