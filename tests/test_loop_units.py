@@ -137,6 +137,11 @@ def test_replay_phase_specs():
     assert (tgt.replay, tgt.replay_weight, tgt.aux_split) == (True, 0.7, "source_train")
     assert (src.replay, src.aux_split) == (False, None)  # nothing to replay in a source phase
     assert not ss_phase(cfg).replay and not ws_phase(cfg).replay  # baselines stay what they are
+    # with replay switched off (the paper's chain) every phase, baselines included, still builds
+    off = dataclasses.replace(cfg, method=dataclasses.replace(cfg.method, source_replay=False))
+    assert not ss_phase(off).replay and not ws_phase(off).replay
+    assert not make_phase(off, "w_target", "p3", student="w", train_split="target_train",
+                          val_split="target_val", loss="clip", replay=True).replay
     with pytest.raises(ValueError, match="replay is for target-domain phases"):
         PhaseSpec(name="x", student="f", train_split="source_train", val_split="source_val", loss="frame",
                   epochs=1, lr=1e-3, patience=1, replay=True)

@@ -87,7 +87,8 @@ def make_phase(cfg: Config, key: str, name: str, **kw) -> PhaseSpec:
     """Build a phase from the config section ``phases.<key>`` and the method switches."""
     pc = _p(cfg, key)
     m = cfg.method
-    replay = m.source_replay and kw.pop("replay", True) and kw["train_split"].startswith("target")
+    wants_replay = kw.pop("replay", True)  # popped first: never passed on twice
+    replay = bool(m.source_replay and wants_replay and kw["train_split"].startswith("target_"))
     return PhaseSpec(
         name=name,
         epochs=pc.epochs,
@@ -96,7 +97,7 @@ def make_phase(cfg: Config, key: str, name: str, **kw) -> PhaseSpec:
         adversarial=m.adversarial if kw.pop("adversarial", True) else False,
         lambda_d=m.lambda_d,
         alpha_kd=m.alpha_kd,
-        replay=bool(replay),
+        replay=replay,
         replay_weight=m.replay_weight if replay else 1.0,
         **kw,
     )
