@@ -145,3 +145,63 @@ def test_replay_phase_specs():
     with pytest.raises(ValueError, match="replay is for target-domain phases"):
         PhaseSpec(name="x", student="f", train_split="source_train", val_split="source_val", loss="frame",
                   epochs=1, lr=1e-3, patience=1, replay=True)
+
+
+def _val_batches(n=23, size=5):
+    import numpy as np
+
+    ids = [f"mix{i // 3}::target{i % 3}" for i in range(n)]
+    for s in range(0, n, size):
+        chunk = ids[s:s + size]
+        onsets = np.empty(len(chunk), dtype=object)
+        onsets[:] = [[float(k)] for k in range(s, s + len(chunk))]
+        yield {"sample_id": np.asarray(chunk), "mel": np.arange(s, s + len(chunk), dtype=np.float32),
+               "event_onsets": onsets}
+
+
+def test_own_rows_gives_every_validation_sample_to_exactly_one_worker():
+    from tsd_ray.loop import own_rows
+
+    everything = [str(x) for b in _val_batches() for x in b["sample_id"]]
+    seen = []
+    for rank in range(3):
+        for b in own_rows(_val_batches(), rank, 3):
+            assert len(b["sample_id"]) == len(b["mel"]) == len(b["event_onsets"]) > 0
+            for sid, mel, on in zip(b["sample_id"], b["mel"], b["event_onsets"]):
+                k = everything.index(str(sid))  # the row's fields stay together
+                assert mel == k and on == [float(k)]
+            seen += [str(x) for x in b["sample_id"]]
+    assert sorted(seen) == sorted(everything)  # nothing lost, nothing twice
+    assert [str(x) for b in own_rows(_val_batches(), 0, 1) for x in b["sample_id"]] == everything
+    per_rank = [sum(len(b["sample_id"]) for b in own_rows(_val_batches(200), r, 2)) for r in range(2)]
+    assert min(per_rank) > 60  # shared, not all on one worker
+
+
+def _gather_worker(rank, world, init_file, out_dir):
+    import json
+
+    import torch.distributed as dist
+
+    from tsd_ray.loop import _broadcast_scores, gather_samples
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        mine = [f"r{rank}-s{k}" for k in range(rank + 2)]
+        got = gather_samples(mine, rank, world)
+        scores = _broadcast_scores({"val_samples": len(got)} if rank == 0 else None)
+        with open(f"{out_dir}/{rank}.json", "w") as f:
+            json.dump({"got": got, "scores": scores}, f)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_gather_and_broadcast_over_a_real_gloo_group(tmp_path):
+    import json
+
+    import torch.multiprocessing as mp
+
+    mp.spawn(_gather_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    r0, r1 = (json.loads((tmp_path / f"{r}.json").read_text()) for r in range(2))
+    assert r0["got"] == ["r0-s0", "r0-s1", "r1-s0", "r1-s1", "r1-s2"]
+    assert r1["got"] is None  # only rank 0 holds the predictions
+    assert r0["scores"] == r1["scores"] == {"val_samples": 5}  # every rank gets rank 0's scores

@@ -19,6 +19,7 @@ import math
 import os
 import tempfile
 import time
+import zlib
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
@@ -396,12 +397,48 @@ def scored_samples(pairs):
     return out
 
 
-def validate(ctx: Context, val_batches) -> dict[str, float]:
+def owner_rank(sample_id: str, world: int) -> int:
+    """The worker that validates a sample: a stable hash of its id, so every sample has exactly
+    one owner whatever order the rows arrive in on each worker."""
+    return zlib.crc32(sample_id.encode()) % world
+
+
+def own_rows(batches, rank: int, world: int):
+    """The rows of each numpy batch that ``rank`` of ``world`` validates (all with one worker)."""
+    for b in batches:
+        if world == 1:
+            yield b
+            continue
+        keep = np.nonzero([owner_rank(str(s), world) == rank for s in b["sample_id"]])[0]
+        if len(keep):
+            yield {k: np.asarray(v)[keep] for k, v in b.items()}
+
+
+def gather_samples(samples: list, rank: int, world: int) -> list | None:
+    """Every worker's scored samples on rank 0 (None elsewhere); the list itself with one worker."""
+    if world == 1:
+        return samples
+    import torch.distributed as dist
+
+    parts = [None] * world if rank == 0 else None
+    dist.gather_object(samples, parts, dst=0)
+    return [x for part in parts for x in part] if rank == 0 else None
+
+
+def validate(ctx: Context, val_batches, rank: int = 0, world: int = 1) -> dict[str, float]:
+    """Scores on the whole validation split, the forward passes shared among the workers.
+
+    Every worker reads the whole split but runs the student on its own rows only (see
+    :func:`owner_rank`); rank 0 gathers the predictions, scores them and sends the scores to
+    every worker, so all ranks take the same early-stopping and best-model decisions.
+    """
     from tsd_ray.evaluation import PostProcessing, score_samples
 
     student = ctx.core.student
-    pairs = predict_batches(student, ctx.refs, val_batches, ctx.device, lambda: _autocast(ctx))
-    samples = scored_samples(pairs)
+    pairs = predict_batches(student, ctx.refs, own_rows(val_batches, rank, world), ctx.device, lambda: _autocast(ctx))
+    samples = gather_samples(scored_samples(pairs), rank, world)
+    if samples is None:  # not rank 0: wait for its scores
+        return _broadcast_scores(None)
     classes = ctx.manifest["source_classes" if ctx.phase.val_split.startswith("source") else "target_classes"]
     ev = ctx.cfg.eval
     scores = score_samples(
@@ -414,12 +451,21 @@ def validate(ctx: Context, val_batches) -> dict[str, float]:
         percentage_of_length=ev.percentage_of_length,
     )
     event_f, segment_f = _nz(scores.event_f), _nz(scores.segment_f)
-    return {
+    result = {
         "val_event_f": event_f,
         "val_segment_f": segment_f,
         "val_score": event_f if ev.selection_metric == "event_f" else segment_f,
         "val_samples": len(samples),
     }
+    return _broadcast_scores(result) if world > 1 else result
+
+
+def _broadcast_scores(result: dict | None) -> dict:
+    import torch.distributed as dist
+
+    box = [result]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def _nz(x: float) -> float:
@@ -499,6 +545,7 @@ def train_loop_per_worker(config: dict) -> dict:
     ctx = setup(config)
     phase = ctx.phase
     world_rank = ray.train.get_context().get_world_rank()
+    world_size = ray.train.get_context().get_world_size()
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val")
     aux_shard = ray.train.get_dataset_shard("aux") if phase.aux_split is not None else None
@@ -521,7 +568,7 @@ def train_loop_per_worker(config: dict) -> dict:
             local_shuffle_seed=shuffle_seed(tc.seed, epoch, world_rank) if tc.shuffle_buffer else None,
         )
         stats = train_epoch(ctx, train_it, aux_factory if aux_shard is not None else None)
-        val = validate(ctx, val_shard.iter_batches(batch_size=64, batch_format="numpy"))
+        val = validate(ctx, val_shard.iter_batches(batch_size=64, batch_format="numpy"), world_rank, world_size)
         improved = val["val_score"] > ctx.best_score + 1e-9 or ctx.best_state is None
         if improved:
             ctx.best_score = val["val_score"]

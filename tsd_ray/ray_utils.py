@@ -33,12 +33,18 @@ def ensure_ray(num_cpus: int | None = None, *, include_dashboard: bool | None = 
     """Join the cluster a job was submitted to (RAY_ADDRESS), or start a local Ray.
 
     A local Ray binds its dashboard to 127.0.0.1 only. Environment tweaks from RAY_NOTES are
-    applied before start-up: few Parquet footer actors, no doubled prints.
+    applied before start-up: few Parquet footer actors, no doubled prints, a shorter poll of
+    Ray Train's workers.
     """
     import ray
 
     os.environ.setdefault("RAY_DATA_PARQUET_FOOTER_NUM_ACTORS", "2")
     os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
+    # Ray Train's controller polls its workers every 2 s by default, and a fit's start and end
+    # each wait for a poll; 0.5 s took about 3 s off every fit on 2 cores. Ray Train passes this
+    # variable from the driver to the controller and workers at fit(), so it holds on a
+    # cluster too; a value set in the environment wins.
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
     if ray.is_initialized():
         quiet_data_context()
         return
