@@ -205,3 +205,18 @@ def test_gather_and_broadcast_over_a_real_gloo_group(tmp_path):
     assert r0["got"] == ["r0-s0", "r0-s1", "r1-s0", "r1-s1", "r1-s2"]
     assert r1["got"] is None  # only rank 0 holds the predictions
     assert r0["scores"] == r1["scores"] == {"val_samples": 5}  # every rank gets rank 0's scores
+
+
+def test_cosine_learning_rate_falls_from_one_to_zero_and_is_a_function_of_the_step():
+    from tsd_ray.loop import lr_factor, steps_per_epoch
+
+    spe = steps_per_epoch(1489, 2, 32)
+    assert spe == 24  # 745 rows per worker in batches of 32
+    curve = [lr_factor("cosine", e, s, spe, 4) for e in range(4) for s in range(spe)]
+    assert curve[0] == 1.0
+    assert all(a >= b for a, b in zip(curve, curve[1:]))  # never rises
+    assert abs(lr_factor("cosine", 2, 0, spe, 4) - 0.5) < 1e-12  # halfway through the phase
+    assert lr_factor("cosine", 3, spe, spe, 4) < 1e-12  # 0 after the last step
+    assert lr_factor("cosine", 1, spe + 5, spe, 4) == lr_factor("cosine", 1, spe, spe, 4)  # extra steps hold
+    assert curve[spe * 2 + 3] == lr_factor("cosine", 2, 3, spe, 4)  # a resumed epoch restarts on the curve
+    assert {lr_factor("constant", e, s, spe, 4) for e in range(4) for s in range(0, spe, 5)} == {1.0}

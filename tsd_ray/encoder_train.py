@@ -70,8 +70,13 @@ def encoder_loop_per_worker(config: dict) -> dict:
     gen = torch.Generator().manual_seed(cfg.train.seed)
     shard = ray.train.get_dataset_shard("train")
     rank = ray.train.get_context().get_world_rank()
+    from tsd_ray.loop import lr_factor, steps_per_epoch
+
+    world = ray.train.get_context().get_world_size()
+    spe = steps_per_epoch(int(manifest["references"].get("mixtures", 0)), world, ec.batch_size)
     for epoch in range(start, ec.epochs):
         model.train()
+        step = 0
         tot = correct = n = 0.0
         batches = shard.iter_batches(batch_size=ec.batch_size, batch_format="numpy", local_shuffle_buffer_size=256,
                                      local_shuffle_seed=shuffle_seed(cfg.train.seed, epoch, rank))
@@ -79,6 +84,9 @@ def encoder_loop_per_worker(config: dict) -> dict:
             mel = torch.as_tensor(b["mel"]).float()
             y = torch.as_tensor([class_index[str(c)] for c in b["label"]], device=device)
             mel = _augment_refs(mel, torch.as_tensor(b["n_frames"]), gen).to(device)
+            for group in opt.param_groups:
+                group["lr"] = ec.lr * lr_factor(cfg.train.lr_schedule, epoch, step, spe, ec.epochs)
+            step += 1
             out = model(mel)
             loss = F.cross_entropy(out.logits, y)
             opt.zero_grad(set_to_none=True)

@@ -306,7 +306,28 @@ def compute_losses(ctx: Context, batch: dict[str, torch.Tensor]) -> tuple[torch.
     return total, {k: float(v.detach()) for k, v in parts.items()}
 
 
-def train_epoch(ctx: Context, train_it, aux_it_factory) -> dict[str, float]:
+def lr_factor(schedule: str, epoch: int, step: int, epoch_steps: int, epochs: int) -> float:
+    """Multiplier of the base learning rate at ``step`` of ``epoch`` (both from 0).
+
+    ``cosine``: half a cosine from 1 at the first step to 0 after the last epoch's last step.
+    ``epoch_steps`` is an estimate (streamed shards vary by a batch); steps past it hold
+    the epoch's end value.
+    """
+    if schedule == "constant":
+        return 1.0
+    if schedule != "cosine":
+        raise ValueError(f"train.lr_schedule: expected 'constant' or 'cosine', got {schedule!r}")
+    spe = max(1, epoch_steps)
+    progress = (epoch + min(step, spe) / spe) / max(1, epochs)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def steps_per_epoch(n_samples: int, world: int, batch_size: int) -> int:
+    """Optimizer steps one worker takes per epoch over ``n_samples`` split ``world`` ways."""
+    return max(1, math.ceil(n_samples / max(1, world) / max(1, batch_size)))
+
+
+def train_epoch(ctx: Context, train_it, aux_it_factory, epoch: int = 0, spe: int = 1) -> dict[str, float]:
     ctx.model.train()
     if ctx.kd_teacher is not None:
         ctx.kd_teacher.eval()
@@ -333,6 +354,9 @@ def train_epoch(ctx: Context, train_it, aux_it_factory) -> dict[str, float]:
             aux["is_main"] = torch.zeros_like(aux["clip_label"])
             batch = {k: torch.cat([batch[k], aux[k]]) for k in batch}
         batch = {k: v.to(ctx.device, non_blocking=True) for k, v in batch.items()}
+        lr = ctx.phase.lr * lr_factor(ctx.cfg.train.lr_schedule, epoch, n_batches, spe, ctx.phase.epochs)
+        for group in ctx.optimizer.param_groups:
+            group["lr"] = lr
         loss, parts = compute_losses(ctx, batch)
         ctx.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -346,7 +370,7 @@ def train_epoch(ctx: Context, train_it, aux_it_factory) -> dict[str, float]:
         n_rows += int(batch["is_main"].sum())
     dt = max(time.time() - t0, 1e-9)
     stats = {k: v / max(1, n_batches) for k, v in sums.items()}
-    stats.update(train_batches=n_batches, train_samples=n_rows, samples_per_s=n_rows / dt, epoch_seconds=dt,
+    stats.update(lr_last=float(ctx.optimizer.param_groups[0]["lr"]), train_batches=n_batches, train_samples=n_rows, samples_per_s=n_rows / dt, epoch_seconds=dt,
                  epoch_cpu_seconds=time.process_time() - cpu0)  # this process, all threads
     return stats
 
@@ -561,13 +585,15 @@ def train_loop_per_worker(config: dict) -> dict:
             local_shuffle_seed=shuffle_seed(tc.seed, epoch, world_rank, aux_passes[0]) if tc.shuffle_buffer else None,
         ))
 
+    n_train = int(ctx.manifest["splits"][phase.train_split]["samples"])
+    spe = steps_per_epoch(n_train, world_size, bs)
     for epoch in range(ctx.start_epoch, phase.epochs):
         _maybe_fail(ctx, epoch, config)
         train_it = train_shard.iter_torch_batches(
             batch_size=bs, local_shuffle_buffer_size=tc.shuffle_buffer or None,
             local_shuffle_seed=shuffle_seed(tc.seed, epoch, world_rank) if tc.shuffle_buffer else None,
         )
-        stats = train_epoch(ctx, train_it, aux_factory if aux_shard is not None else None)
+        stats = train_epoch(ctx, train_it, aux_factory if aux_shard is not None else None, epoch, spe)
         val = validate(ctx, val_shard.iter_batches(batch_size=64, batch_format="numpy"), world_rank, world_size)
         improved = val["val_score"] > ctx.best_score + 1e-9 or ctx.best_state is None
         if improved:
