@@ -438,6 +438,19 @@ def own_rows(batches, rank: int, world: int):
             yield {k: np.asarray(v)[keep] for k, v in b.items()}
 
 
+_OBJECT_GROUP: list = []
+
+
+def _object_group():
+    """A gloo process group for Python objects: the default group when it is gloo; under NCCL
+    a gloo twin, so the gathered predictions never have to pass through a GPU."""
+    import torch.distributed as dist
+
+    if not _OBJECT_GROUP:
+        _OBJECT_GROUP.append(None if dist.get_backend() == "gloo" else dist.new_group(backend="gloo"))
+    return _OBJECT_GROUP[0]
+
+
 def gather_samples(samples: list, rank: int, world: int) -> list | None:
     """Every worker's scored samples on rank 0 (None elsewhere); the list itself with one worker."""
     if world == 1:
@@ -445,7 +458,7 @@ def gather_samples(samples: list, rank: int, world: int) -> list | None:
     import torch.distributed as dist
 
     parts = [None] * world if rank == 0 else None
-    dist.gather_object(samples, parts, dst=0)
+    dist.gather_object(samples, parts, dst=0, group=_object_group())
     return [x for part in parts for x in part] if rank == 0 else None
 
 
@@ -488,7 +501,7 @@ def _broadcast_scores(result: dict | None) -> dict:
     import torch.distributed as dist
 
     box = [result]
-    dist.broadcast_object_list(box, src=0)
+    dist.broadcast_object_list(box, src=0, group=_object_group())
     return box[0]
 
 
