@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -53,7 +54,7 @@ def test_encoder_checkpoint_and_embedding_table(trained):
 def test_two_worker_phase_lowers_loss_and_checkpoint_describes_itself(trained):
     from tsd_ray.runner import run_phase
 
-    cfg = trained["cfg"]
+    cfg = dataclasses.replace(trained["cfg"], train=dataclasses.replace(trained["cfg"].train, lr_schedule="cosine"))
     spec = make_phase(cfg, "f_source", "f_src", student="f", train_split="source_train",
                       val_split="source_val", loss="frame", adversarial=True).with_(epochs=4, patience=10, lr=3e-3)
     res = run_phase(cfg, spec, trained["manifest"], trained["embeddings"],
@@ -62,6 +63,11 @@ def test_two_worker_phase_lowers_loss_and_checkpoint_describes_itself(trained):
     assert len(losses) == 4
     assert losses[-1] < losses[0], losses
     assert all("loss_domain" in h for h in res.history)  # the adversary trained alongside
+    # validation is shared by the two workers, and still scores every sample exactly once
+    _, n_val = trained["manifest"].count("source_val")
+    assert [h["val_samples"] for h in res.history] == [n_val] * 4
+    lrs = [h["lr_last"] for h in res.history]  # the cosine schedule, falling every epoch
+    assert all(a > b for a, b in zip(lrs, lrs[1:])) and lrs[0] <= 3e-3, lrs
     # the model file rebuilds the student alone (config inside), weights as trained
     payload = ckpt.load_payload(res.model_uri)
     assert payload["kind"] == "f" and payload["config"]["channels"] == list(cfg.detector.channels)
@@ -73,6 +79,21 @@ def test_two_worker_phase_lowers_loss_and_checkpoint_describes_itself(trained):
         out = model(torch.as_tensor(batch["mel"]).float(), emb)
     assert out.frame_probs.shape == (len(batch["mel"]), 250)
     trained["f_model"] = res.model_uri
+
+
+def test_phases_share_the_splits_they_read(trained):
+    from tsd_ray.runner import phase_datasets
+
+    cfg, manifest = trained["cfg"], trained["manifest"]
+    spec = make_phase(cfg, "f_source", "a", student="f", train_split="source_train", val_split="source_val",
+                      loss="frame", adversarial=True)
+    a = phase_datasets(manifest, spec, 0, cache_max_samples=10_000)
+    b = phase_datasets(manifest, spec.with_(name="b", student="w", loss="clip"), 0, cache_max_samples=10_000)
+    assert a["val"] is b["val"]  # expanded once, held in the object store
+    assert a["train"].count() == manifest.count("source_train")[1] == b["train"].count()
+    assert set(a) == {"train", "val", "aux"}
+    streamed = phase_datasets(manifest, spec, 0, cache_max_samples=0)  # too big to hold: read afresh
+    assert streamed["val"] is not a["val"] and streamed["val"].count() == manifest.count("source_val")[1]
 
 
 def test_evaluate_job_scores_the_checkpoint(trained, tmp_path):

@@ -162,10 +162,11 @@ class TrainConfig:
     batch_size: int = 32
     weight_decay: float = 0.0
     grad_clip: float = 5.0
-    # "cosine": each phase's learning rate falls along a half cosine, step by step, from its
-    # phases.<key>.lr to 0 at the end of its last epoch (the encoder's likewise); "constant": no
-    # schedule. A pure function of (epoch, step), so a resumed phase continues on the same curve.
-    lr_schedule: Literal["constant", "cosine"] = "cosine"
+    # "constant": every step at phases.<key>.lr (encoder.lr). "cosine": the rate falls along a
+    # half cosine, step by step, from it to 0 at the end of the phase's last epoch. A pure
+    # function of (epoch, step), so a resumed phase continues on the same curve. On the demo
+    # corpus cosine was no better within the run-to-run spread (README), so it is not the default.
+    lr_schedule: Literal["constant", "cosine"] = "constant"
     shuffle_buffer: int = 256  # local shuffle buffer rows for iter_torch_batches
     # Splits with at most this many samples are expanded once per phase and kept in the object
     # store (no Parquet read + expansion every epoch); larger ones stream from Parquet.
