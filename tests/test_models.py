@@ -236,7 +236,7 @@ def test_detector_clip_prob_linsoft_and_max():
 
 
 def test_detector_padding_past_the_mask_does_not_reach_valid_frames():
-    """The Bi-GRU runs packed: padding beyond the conv receptive field cannot leak backwards."""
+    """The Bi-GRU skips padding: padding beyond the conv receptive field cannot leak backwards."""
     torch.manual_seed(0)
     det = Detector(SMALL_DET, n_mels=64, clip_pooling="linsoft").eval()
     e = torch.randn(1, 16)
@@ -259,6 +259,26 @@ def test_detector_padding_past_the_mask_does_not_reach_valid_frames():
     bad[0, 3] = False
     with pytest.raises(ValueError, match="prefix"):
         det(mel, e, frame_mask=bad)
+
+
+def test_cpu_bi_gru_equals_the_packed_one_in_output_and_gradients():
+    """On CPU the padded rows skip pack_padded_sequence (slow backward) for an exact twin."""
+    torch.manual_seed(0)
+    det = Detector(SMALL_DET, n_mels=64, clip_pooling="none").train()
+    h = torch.randn(5, 40, det.gru.input_size, requires_grad=True)
+    lengths = torch.tensor([40, 17, 1, 33, 40])
+    mask = torch.arange(40)[None, :] < lengths[:, None]
+    packed = nn.utils.rnn.pack_padded_sequence(h, lengths, batch_first=True, enforce_sorted=False)
+    ref = nn.utils.rnn.pad_packed_sequence(det.gru(packed)[0], batch_first=True, total_length=40)[0]
+    out = det._run_gru(h, mask)  # CPU tensors: the reversed-prefix path
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+    weights = torch.randn_like(ref)
+    g_ref = torch.autograd.grad((ref * weights).sum(), [h, *det.gru.parameters()])
+    g_out = torch.autograd.grad((out * weights).sum(), [h, *det.gru.parameters()])
+    for a, b in zip(g_out, g_ref):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)  # sums over frames: float order
+    assert torch.count_nonzero(out[~mask]) == 0  # padded frames stay zero
+    assert g_out[0][~mask].abs().max() == 0  # and feed nothing back
 
 
 def test_detector_rejects_bad_inputs():
