@@ -168,8 +168,8 @@ class TrainConfig:
     # corpus cosine was no better within the run-to-run spread (README), so it is not the default.
     lr_schedule: Literal["constant", "cosine"] = "constant"
     shuffle_buffer: int = 256  # local shuffle buffer rows for iter_torch_batches
-    # Splits with at most this many samples are expanded once per phase and kept in the object
-    # store (no Parquet read + expansion every epoch); larger ones stream from Parquet.
+    # Splits with at most this many samples are expanded once per job and kept in the object
+    # store (no Parquet read + expansion every epoch or phase); larger ones stream from Parquet.
     cache_max_samples: int = 20000
     mixed_precision: bool = True  # bf16 autocast on GPU; ignored on CPU
     max_failures: int = 2  # FailureConfig

@@ -41,6 +41,7 @@ def encoder_loop_per_worker(config: dict) -> dict:
     from ray.train import Checkpoint
     from ray.train.torch import get_device, prepare_model
 
+    from tsd_ray.loop import lr_factor, steps_per_epoch
     from tsd_ray.models.encoder import Cnn14Encoder, load_panns_cnn14
 
     cfg = config_from_dict(config["cfg"])
@@ -70,8 +71,6 @@ def encoder_loop_per_worker(config: dict) -> dict:
     gen = torch.Generator().manual_seed(cfg.train.seed)
     shard = ray.train.get_dataset_shard("train")
     rank = ray.train.get_context().get_world_rank()
-    from tsd_ray.loop import lr_factor, steps_per_epoch
-
     world = ray.train.get_context().get_world_size()
     spe = steps_per_epoch(int(manifest["references"].get("mixtures", 0)), world, ec.batch_size)
     for epoch in range(start, ec.epochs):

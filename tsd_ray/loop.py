@@ -327,7 +327,8 @@ def steps_per_epoch(n_samples: int, world: int, batch_size: int) -> int:
     return max(1, math.ceil(n_samples / max(1, world) / max(1, batch_size)))
 
 
-def train_epoch(ctx: Context, train_it, aux_it_factory, epoch: int = 0, spe: int = 1) -> dict[str, float]:
+def train_epoch(ctx: Context, train_it, aux_it_factory, epoch: int, spe: int) -> dict[str, float]:
+    """One pass over this worker's shard; ``spe``: estimated steps per epoch (lr schedule)."""
     ctx.model.train()
     if ctx.kd_teacher is not None:
         ctx.kd_teacher.eval()
@@ -370,8 +371,9 @@ def train_epoch(ctx: Context, train_it, aux_it_factory, epoch: int = 0, spe: int
         n_rows += int(batch["is_main"].sum())
     dt = max(time.time() - t0, 1e-9)
     stats = {k: v / max(1, n_batches) for k, v in sums.items()}
-    stats.update(lr_last=float(ctx.optimizer.param_groups[0]["lr"]), train_batches=n_batches, train_samples=n_rows, samples_per_s=n_rows / dt, epoch_seconds=dt,
-                 epoch_cpu_seconds=time.process_time() - cpu0)  # this process, all threads
+    stats.update(train_batches=n_batches, train_samples=n_rows, samples_per_s=n_rows / dt, epoch_seconds=dt,
+                 epoch_cpu_seconds=time.process_time() - cpu0,  # this process, all threads
+                 lr_last=float(ctx.optimizer.param_groups[0]["lr"]))
     return stats
 
 

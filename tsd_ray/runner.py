@@ -95,17 +95,22 @@ _SPLITS: dict[tuple, object] = {}
 
 def _split_dataset(manifest: Manifest, split: str, n_samples: int, limit: int, *, with_ids: bool = False,
                    fraction: float = 1.0, seed: int = 0):
+    """A split as one phase reads it: training rows (numeric columns, block order shuffled) or,
+    ``with_ids``, evaluation rows in file order. Up to ``limit`` samples it is expanded once per
+    job and held in the object store (:func:`cached_dataset`'s rule); beyond, streamed."""
     import ray
 
-    make = lambda: read_samples(manifest, split, with_ids=with_ids, fraction=fraction, seed=seed)  # noqa: E731
-    if n_samples > limit:  # streamed from Parquet every epoch
-        ds = make()
-        return ds if with_ids else ds.select_columns(list(NUMERIC_KEYS))
-    key = (ray.get_runtime_context().get_job_id(), manifest.uri, manifest.data.get("build_key"), split,
-           with_ids, fraction, seed if fraction < 1.0 else 0)
+    ds = read_samples(manifest, split, with_ids=with_ids, fraction=fraction, seed=seed)
+    if not with_ids:
+        ds = ds.select_columns(list(NUMERIC_KEYS))
+    if n_samples > limit:
+        return ds
+    job = ray.get_runtime_context().get_job_id()
+    key = (job, manifest.uri, manifest.data.get("build_key"), split, with_ids, fraction, seed if fraction < 1.0 else 0)
     if key not in _SPLITS:
-        ds = make()
-        _SPLITS[key] = (ds if with_ids else ds.select_columns(list(NUMERIC_KEYS))).materialize()
+        for stale in [k for k in _SPLITS if k[0] != job]:  # blocks of an earlier Ray job are gone
+            del _SPLITS[stale]
+        _SPLITS[key] = ds.materialize()
     return _SPLITS[key] if with_ids else _SPLITS[key].randomize_block_order()
 
 
