@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import statistics
@@ -179,7 +180,7 @@ def bare_loop(args, manifest, emb_uri: str) -> dict:
                 idx = order[s : s + bs]
                 yield {k: v[idx] for k, v in rows.items()}
 
-        stats = train_epoch(ctx, it(), None)
+        stats = train_epoch(ctx, it(), None, len(per_epoch), math.ceil(n / bs))
         if device.type == "cuda":
             torch.cuda.synchronize()
         per_epoch.append({"samples_per_s": stats["samples_per_s"], "epoch_seconds": stats["epoch_seconds"],

@@ -45,6 +45,27 @@ def test_time_shift_moves_labels_with_features(t_in):
     assert moved > 0  # the shift really moves things
 
 
+def test_grouped_time_shift_moves_each_samples_labels_with_its_mixture():
+    """Packed batches: mel rows are mixtures, label rows samples (groups: sample -> mixture)."""
+    t_in, starts = 60, [4, 20, 27]
+    mel, labels = _impulse_batch(3, t_in, starts)
+    groups = torch.tensor([0, 1, 1, 2, 0])
+    sample_labels = labels[groups].clone()
+    sample_labels[2] = 0.0  # another target in mixture 1: no event of its own
+    mask = torch.arange(30)[None, :] < torch.tensor([30, 30, 25])[:, None]
+    g = torch.Generator().manual_seed(3)
+    moved = 0
+    for _ in range(10):
+        new_mel, new_labels = time_shift(mel, sample_labels, 6, g, mask, groups)
+        assert new_labels.shape == (5, 30)
+        _assert_aligned(new_mel[groups[[0, 1, 3, 4]]], new_labels[[0, 1, 3, 4]])
+        assert new_labels[2].sum() == 0
+        moved += int(not torch.equal(new_labels, sample_labels))
+    assert moved > 0
+    with pytest.raises(ValueError, match="frame labels"):
+        time_shift(mel, labels, 6, g, mask, groups)  # 3 label rows for 5 samples
+
+
 def test_time_shift_odd_last_frame_stays_and_is_not_wrapped():
     mel, labels = _impulse_batch(1, 11, [4])
     mel[0, 10] = -3.0  # the 11th input frame is not covered by any label

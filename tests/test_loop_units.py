@@ -220,3 +220,54 @@ def test_cosine_learning_rate_falls_from_one_to_zero_and_is_a_function_of_the_st
     assert lr_factor("cosine", 1, spe + 5, spe, 4) == lr_factor("cosine", 1, spe, spe, 4)  # extra steps hold
     assert curve[spe * 2 + 3] == lr_factor("cosine", 2, 3, spe, 4)  # a resumed epoch restarts on the curve
     assert {lr_factor("constant", e, s, spe, 4) for e in range(4) for s in range(0, spe, 5)} == {1.0}
+
+
+def test_packed_batch_gives_the_losses_of_repeated_mixtures():
+    """A packed batch (each mixture once, samples pointing at it) trains on the same numbers as
+    the same samples with their mixture repeated: task loss, pseudo labels, KD and replay."""
+    from tsd_ray.config import Config
+    from tsd_ray.loop import Context, compute_losses, concat_batches
+    from tsd_ray.losses import KDProjector
+    from tsd_ray.models.encoder import freeze
+    from tsd_ray.phase import PhaseSpec
+
+    torch.manual_seed(0)
+    student = Detector(DET, 16, "none")
+    core = PhaseModel(student, None, KDProjector(student.gru_dim, student.gru_dim, 4)).eval()
+    phase = PhaseSpec(name="p", student="f", train_split="target_train", val_split="target_val", loss="pseudo",
+                      epochs=1, lr=1e-3, patience=1, kd_teacher="f.pt", pseudo_teacher="w.pt", replay=True)
+    ctx = Context(
+        cfg=Config(), phase=phase, manifest={}, sources={}, device=torch.device("cpu"), model=core, core=core,
+        optimizer=torch.optim.SGD(core.parameters(), lr=0.0),
+        kd_teacher=freeze(Detector(DET, 16, "none")), pseudo_teacher=freeze(Detector(DET, 16, "linsoft")),
+        refs=ReferenceTable(torch.randn(4, 6), torch.tensor([0, 1, 2, 3]), n_classes=4),
+        gen=torch.Generator().manual_seed(0),
+    )
+    n_out, g = 10, torch.Generator().manual_seed(1)
+    labels = (torch.rand(5, n_out, generator=g) > 0.5).float()
+
+    def part(mels, mix, rows, main):
+        k = len(rows)
+        return {
+            "mel": mels, "mix": mix, "mix_domain": torch.full((len(mels),), int(main)),
+            "mix_n_valid": torch.tensor([n_out, 7, n_out][: len(mels)]),
+            "frame_labels": labels[rows], "ref_idx": torch.tensor(rows) % 4, "target_idx": torch.tensor(rows) % 4,
+            "clip_label": torch.tensor([1.0, 0.0, 1.0, 1.0, 0.0])[rows], "has_strong": torch.full((k,), not main),
+            "domain": torch.full((k,), int(main)), "n_valid": torch.tensor([n_out, 7, n_out])[mix],
+            "is_main": torch.full((k,), int(main)),
+        }
+
+    main_mel, aux_mel = torch.randn(2, 2 * n_out, 16, generator=g), torch.randn(1, 2 * n_out, 16, generator=g)
+    # main: mixture 1 holds samples 0 and 2, mixture 0 sample 1; aux: one mixture, two samples
+    main = part(main_mel, torch.tensor([1, 0, 1]), [0, 1, 2], True)
+    aux = part(aux_mel, torch.tensor([0, 0]), [3, 4], False)
+    packed = concat_batches(main, aux)
+    assert packed["mix"].tolist() == [1, 0, 1, 2, 2]
+    repeated = {k: v for k, v in packed.items() if k not in ("mix", "mix_domain", "mix_n_valid")}
+    repeated["mel"] = packed["mel"][packed["mix"]]
+    with torch.no_grad():
+        _, p_packed = compute_losses(ctx, packed)
+        _, p_repeated = compute_losses(ctx, repeated)
+    assert set(p_packed) == {"pseudo", "kd", "replay"}
+    for k in p_packed:
+        assert abs(p_packed[k] - p_repeated[k]) < 1e-5, (k, p_packed, p_repeated)

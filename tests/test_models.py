@@ -281,6 +281,30 @@ def test_cpu_bi_gru_equals_the_packed_one_in_output_and_gradients():
     assert g_out[0][~mask].abs().max() == 0  # and feed nothing back
 
 
+def test_grouped_detector_equals_repeating_each_mixture():
+    """groups: the CNN runs once per mixture; the result is the same as repeating its rows."""
+    torch.manual_seed(0)
+    det = Detector(SMALL_DET, n_mels=64, clip_pooling="linsoft").eval()  # BN/dropout fixed
+    mel = torch.randn(3, 60, 64)
+    groups = torch.tensor([2, 0, 0, 2, 1, 2])  # 6 samples of 3 mixtures, in any order
+    emb = torch.randn(6, SMALL_DET.embedding_dim)
+    mask = torch.arange(30)[None, :] < torch.tensor([30, 12, 12, 30, 21, 30])[:, None]
+    grouped = det(mel, emb, mask, groups)
+    assert grouped.z.shape[0] == 3  # the CNN's output: one row per mixture
+    weights = torch.randn(6, 30)
+    g_grouped = torch.autograd.grad((grouped.frame_logits * weights).sum(), list(det.parameters()))
+    repeated = det(mel[groups], emb, mask)
+    g_repeated = torch.autograd.grad((repeated.frame_logits * weights).sum(), list(det.parameters()))
+    for name in ("frame_logits", "clip_prob", "gru"):
+        torch.testing.assert_close(getattr(grouped, name), getattr(repeated, name))
+    torch.testing.assert_close(grouped.z[groups], repeated.z)
+    for a, b in zip(g_grouped, g_repeated):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)  # sums in another order
+    assert any(float(g.abs().sum()) > 0 for g in g_grouped[:3])  # the conv weights do learn
+    with pytest.raises(ValueError, match="embedding"):  # one embedding per sample, not per mixture
+        det(mel, torch.randn(3, SMALL_DET.embedding_dim), None, groups)
+
+
 def test_detector_rejects_bad_inputs():
     det = Detector(SMALL_DET, n_mels=64, clip_pooling="none")
     with pytest.raises(ValueError, match="embedding"):

@@ -97,6 +97,44 @@ def test_phases_share_the_splits_they_read(trained):
     assert streamed["train"].columns() == a["train"].columns()  # the same rows either way
 
 
+def test_packed_rows_hold_every_sample_of_their_mixture(trained):
+    """Training rows packed per mixture carry exactly the samples of the expanded rows."""
+    from tsd_ray.data import NUMERIC_KEYS, _expander, collate_packed, packed_collate_fn
+    from tsd_ray.runner import phase_datasets
+
+    cfg, manifest = trained["cfg"], trained["manifest"]
+    rows = next(manifest_rows(manifest, "target_train", 8))
+    samples = next(iter_local(manifest, "target_train", batch_rows=8, with_ids=False))
+    b = collate_packed(_expander(manifest, None, False, packed=True)(rows))
+    assert b["mel"].shape[0] == len(rows["mixture_id"]) < b["mix"].shape[0] == len(samples["mel"])
+    assert torch.equal(b["mel"][b["mix"]], torch.from_numpy(samples["mel"]))
+    for k in NUMERIC_KEYS[1:]:
+        assert torch.equal(b[k], torch.from_numpy(samples[k])), k
+    assert torch.equal(b["mix_domain"][b["mix"]], b["domain"])
+
+    # through Ray: held in the object store, split, shuffled by mixture, nothing lost
+    spec = make_phase(cfg, "w_target", "p", student="w", train_split="target_train", val_split="target_val",
+                      loss="clip", adversarial=True)
+    ds = phase_datasets(manifest, spec, 0, cache_max_samples=10_000, packed=True)
+    n_mix, n_samples = manifest.count("target_train")
+    assert ds["train"].count() == n_mix
+    seen_mix = seen = 0
+    for batch in ds["train"].iter_torch_batches(batch_size=5, local_shuffle_buffer_size=16, local_shuffle_seed=1,
+                                                collate_fn=packed_collate_fn()):
+        seen_mix += batch["mel"].shape[0]
+        seen += batch["mix"].shape[0]
+        assert batch["frame_labels"].shape == (batch["mix"].shape[0], manifest.n_output_frames)
+    assert (seen_mix, seen) == (n_mix, n_samples)
+
+
+def manifest_rows(manifest, split: str, n: int):
+    """The first ``n`` mixture rows of a split, as the readers get them from Parquet."""
+    from tsd_ray.data import _MIXTURE_COLUMNS, _record_batch_to_numpy, open_shard
+
+    pf = open_shard(manifest.files(split)[0])
+    yield _record_batch_to_numpy(next(pf.iter_batches(batch_size=n, columns=_MIXTURE_COLUMNS)))
+
+
 def test_evaluate_job_scores_the_checkpoint(trained, tmp_path):
     model = trained.get("f_model")
     if model is None:

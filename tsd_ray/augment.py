@@ -42,6 +42,7 @@ def time_shift(
     max_shift_out_frames: int,
     generator: torch.Generator,
     frame_mask: Tensor | None = None,
+    groups: Tensor | None = None,
 ) -> tuple[Tensor, Any]:
     """Circularly shift each row by ``k ~ U{-max, .., max}`` output frames, labels included.
 
@@ -53,6 +54,8 @@ def time_shift(
         generator: CPU generator for the shifts.
         frame_mask: optional (B, T') bool, valid frames as a prefix of each row; rows shift
             within their valid part only.
+        groups: optional (N,) long: label row ``n`` belongs to ``mel`` row ``groups[n]`` (the
+            samples of one mixture, packed) and moves with it. Labels are then (N, T').
 
     Returns:
         ``(mel, frame_labels)`` new tensors of the same shapes (labels in the form given).
@@ -60,11 +63,12 @@ def time_shift(
     b, t_in, _ = mel.shape
     t_out = t_in // 2  # the detector's output frames (tsd_ray.models.output_frames)
     labels_seq = [frame_labels] if isinstance(frame_labels, Tensor) else list(frame_labels or [])
+    n_lab = b if groups is None else groups.shape[0]
     for lab in labels_seq:
-        if lab.shape != (b, t_out):
+        if lab.shape != (n_lab, t_out):
             raise ValueError(
                 f"time_shift: frame labels {tuple(lab.shape)} do not match {t_in} input frames "
-                f"(expected {(b, t_out)}: T' = T // 2)"
+                f"(expected {(n_lab, t_out)}: T' = T // 2)"
             )
     if max_shift_out_frames <= 0:
         return mel, frame_labels
@@ -86,6 +90,8 @@ def time_shift(
     )  # (B, T)
 
     new_mel = mel.gather(1, in_idx[:, :, None].expand_as(mel))  # (B, T, F)
+    if groups is not None:
+        out_idx = out_idx.index_select(0, groups.to(device))  # (N, T'): each label row's mel row
     new_labels = [lab.gather(1, out_idx.to(lab.device)) for lab in labels_seq]
     if frame_labels is None:
         return new_mel, None
@@ -126,12 +132,15 @@ def augment_batch(
     cfg: AugmentConfig,
     generator: torch.Generator,
     frame_keys: Sequence[str] = ("frame_labels",),
+    groups: Tensor | None = None,
 ) -> dict[str, Any]:
     """Augment a training batch; returns a new dict (the input is not modified).
 
     Keys used: ``mel`` (B, T, F); per-output-frame tensors named in ``frame_keys`` that are
     present (B, T') move with the time shift; ``frame_mask`` (B, T') bool, optional, bounds the
     shift. Every other key passes through unchanged (clip labels, ids, domains...).
+    ``groups`` (N,): the frame tensors hold N rows, row ``n`` belonging to ``mel`` row
+    ``groups[n]`` (a packed batch: each mixture once, its samples moved with it).
     Order: time shift, then frequency mask, then time mask.
     """
     if "mel" not in batch:
@@ -141,7 +150,7 @@ def augment_batch(
     keys = [k for k in frame_keys if batch.get(k) is not None]
     if cfg.time_shift_frames > 0:
         mel, moved = time_shift(
-            mel, [batch[k] for k in keys], cfg.time_shift_frames, generator, batch.get("frame_mask")
+            mel, [batch[k] for k in keys], cfg.time_shift_frames, generator, batch.get("frame_mask"), groups
         )
         out.update(zip(keys, moved, strict=True))
     mel = freq_mask(mel, cfg.freq_mask_bins, generator)

@@ -174,6 +174,7 @@ def expand_batch(
 ) -> dict[str, np.ndarray]:
     """Mixture rows -> sample rows (pure numpy; the map_batches step of every reader)."""
     out: dict[str, list] = {k: [] for k in NUMERIC_KEYS}
+    out["owner"] = []  # the mixture row of each sample (for pack_batch)
     if with_ids:
         out["sample_id"], out["mixture_id"], out["target"] = [], [], []
         out["event_onsets"], out["event_offsets"] = [], []
@@ -204,6 +205,7 @@ def expand_batch(
             out["ref_idx"].append(ref_index[str(ref)] if ref else -1)
             out["domain"].append(domain)
             out["n_valid"].append(n_valid)
+            out["owner"].append(i)
             if with_ids:
                 out["sample_id"].append(str(sid))
                 out["mixture_id"].append(str(batch["mixture_id"][i]))
@@ -216,6 +218,7 @@ def expand_batch(
         empty = {k: np.zeros((0,), dtype=np.float32) for k in out}
         empty["mel"] = np.zeros((0, T, F), dtype=np.float16)
         empty["frame_labels"] = np.zeros((0, n_out), dtype=np.float32)
+        empty["owner"] = np.zeros((0,), dtype=np.int64)
         return empty
     res = {
         "mel": np.stack(out["mel"]),
@@ -226,6 +229,7 @@ def expand_batch(
         "ref_idx": np.asarray(out["ref_idx"], dtype=np.int64),
         "domain": np.asarray(out["domain"], dtype=np.int64),
         "n_valid": np.asarray(out["n_valid"], dtype=np.int64),
+        "owner": np.asarray(out["owner"], dtype=np.int64),
     }
     if with_ids:
         for key in ("sample_id", "mixture_id", "target"):
@@ -237,9 +241,67 @@ def expand_batch(
     return res
 
 
-def _expander(manifest: Manifest, refs: Sequence[str] | None, with_ids: bool):
+#: Per-sample columns of a packed (one row per mixture) training batch, each row holding
+#: that mixture's samples: (k,) arrays, and (k, T') for the frame labels.
+PACKED_SAMPLE_KEYS = ("frame_labels", "clip_label", "target_idx", "ref_idx")
+#: Per-mixture columns of a packed batch.
+PACKED_MIXTURE_KEYS = ("mel", "has_strong", "domain", "n_valid")
+
+
+def pack_batch(samples: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Sample rows (from :func:`expand_batch`) -> one row per mixture holding all its samples.
+
+    Training reads mixtures packed this way so a batch holds whole mixtures: the detector's CNN
+    does not see the reference, so it runs once per mixture instead of once per sample (a
+    mixture of the demo corpus gives 3.3 samples). Per-mixture columns: ``mel``,
+    ``has_strong``, ``domain``, ``n_valid``; per-sample columns (:data:`PACKED_SAMPLE_KEYS`)
+    become object arrays of each mixture's (k,) / (k, T') arrays. :func:`collate_packed`
+    undoes it on the worker.
+    """
+    owner = samples["owner"]
+    starts = np.flatnonzero(np.r_[True, owner[1:] != owner[:-1]]) if len(owner) else np.zeros(0, dtype=np.int64)
+    out = {k: samples[k][starts] for k in PACKED_MIXTURE_KEYS}
+    bounds = np.r_[starts, len(owner)]
+    for k in PACKED_SAMPLE_KEYS:
+        col = np.empty(len(starts), dtype=object)
+        col[:] = [samples[k][a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+        out[k] = col
+    return out
+
+
+def collate_packed(batch: dict[str, np.ndarray]) -> dict:
+    """A numpy batch of packed mixtures -> torch tensors: ``mel`` (U, T, F) and the mixture
+    columns once per mixture (``mix_domain``, ``mix_n_valid``), the sample columns of
+    :data:`NUMERIC_KEYS` once per sample (B = all samples of the U mixtures), and ``mix`` (B,),
+    the ``mel`` row of each sample."""
+    import torch
+
+    counts = np.array([len(x) for x in batch["target_idx"]], dtype=np.int64)
+    mix = np.repeat(np.arange(len(counts)), counts)
+    out = {k: torch.from_numpy(np.concatenate(list(batch[k]))) for k in PACKED_SAMPLE_KEYS}
+    out["mel"] = torch.from_numpy(np.array(batch["mel"]))  # a writable copy (Arrow's is read-only)
+    out["mix"] = torch.from_numpy(mix)
+    out["mix_domain"] = torch.from_numpy(np.array(batch["domain"], dtype=np.int64))
+    out["mix_n_valid"] = torch.from_numpy(np.array(batch["n_valid"], dtype=np.int64))
+    for k in ("has_strong", "domain", "n_valid"):
+        out[k] = torch.from_numpy(np.asarray(batch[k])[mix])  # fancy indexing copies
+    return out
+
+
+def packed_collate_fn():
+    """:func:`collate_packed` as Ray Data wants a ``collate_fn`` (a ``NumpyBatchCollateFn``)."""
+    from ray.data.collate_fn import NumpyBatchCollateFn
+
+    class PackedCollate(NumpyBatchCollateFn):
+        def __call__(self, batch: dict[str, np.ndarray]) -> dict:
+            return collate_packed(batch)
+
+    return PackedCollate()
+
+
+def _expander(manifest: Manifest, refs: Sequence[str] | None, with_ids: bool, packed: bool = False):
     refs = reference_ids(manifest) if refs is None else refs
-    return partial(
+    expand = partial(
         expand_batch,
         class_index={c: i for i, c in enumerate(manifest.classes)},
         ref_index={r: i for i, r in enumerate(refs)},
@@ -247,6 +309,17 @@ def _expander(manifest: Manifest, refs: Sequence[str] | None, with_ids: bool):
         hop_s=manifest.output_hop_s,
         with_ids=with_ids,
     )
+    if packed:
+        if with_ids:
+            raise ValueError("packed rows are for training; evaluation reads sample rows with ids")
+        return lambda rows: pack_batch(expand(rows))
+
+    def sample_rows(rows):
+        out = expand(rows)
+        del out["owner"]
+        return out
+
+    return sample_rows
 
 
 _MIXTURE_COLUMNS = [
@@ -317,11 +390,13 @@ def read_samples(
     reference_table: Sequence[str] | None = None,
     fraction: float | None = None,
     seed: int = 0,
+    packed: bool = False,
 ):
     """Ray Dataset of the TSD samples of ``split`` (batch keys above), streamed from Parquet.
 
     ``fraction`` keeps a random share of the mixtures (e.g. to balance an auxiliary domain),
-    drawn per shard with ``seed``.
+    drawn per shard with ``seed``. ``packed``: one row per mixture holding all its samples
+    (:func:`pack_batch`; training reads these through :func:`collate_packed`).
     """
     import ray
 
@@ -334,7 +409,7 @@ def read_samples(
     items = [{"uri": f, "index": i} for i, f in enumerate(files)]
     ds = ray.data.from_items(items, override_num_blocks=len(items))
     return ds.map_batches(
-        _ShardStream(_expander(manifest, reference_table, with_ids), fraction, seed),
+        _ShardStream(_expander(manifest, reference_table, with_ids, packed), fraction, seed),
         batch_size=1,
         batch_format="numpy",
     )

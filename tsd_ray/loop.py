@@ -31,7 +31,7 @@ import torch.nn as nn
 from tsd_ray import checkpoint as ckpt
 from tsd_ray import storage
 from tsd_ray.config import Config, config_from_dict
-from tsd_ray.data import NUMERIC_KEYS
+from tsd_ray.data import NUMERIC_KEYS, packed_collate_fn
 from tsd_ray.phase import PhaseSpec
 from tsd_ray.ray_utils import shuffle_seed
 
@@ -97,18 +97,19 @@ class PhaseModel(nn.Module):
         self.discriminator = discriminator
         self.projector = projector
 
-    def forward(self, mel, embedding, frame_mask, *, lambda_d: float = 0.0, teacher_gru=None, main=None):
+    def forward(self, mel, embedding, frame_mask, *, groups=None, lambda_d: float = 0.0, teacher_gru=None, main=None):
         """Student outputs, domain logits through gradient reversal (or None), KD loss (or None).
 
         Everything trainable runs inside this one forward so DDP's reducer sees every
-        parameter's gradient in the same step.
+        parameter's gradient in the same step. With ``groups`` (packed mixtures, see
+        :meth:`Detector.forward`) the domain logits are per ``mel`` row: one per mixture.
         """
         from tsd_ray.models.discriminator import grad_reverse
 
-        out = self.student(mel, embedding, frame_mask)
+        out = self.student(mel, embedding, frame_mask, groups)
         domain_logit = None
         if self.discriminator is not None:
-            domain_logit = self.discriminator(grad_reverse(out.z, lambda_d))  # (B,)
+            domain_logit = self.discriminator(grad_reverse(out.z, lambda_d))  # (U,)
         kd = None
         if self.projector is not None and teacher_gru is not None:
             kd = self.projector(teacher_gru, out.gru[main], frame_mask[main])
@@ -258,24 +259,36 @@ def compute_losses(ctx: Context, batch: dict[str, torch.Tensor]) -> tuple[torch.
     from tsd_ray import augment, losses
 
     phase = ctx.phase
-    mel = batch["mel"].float()  # (B, T, F)
+    mel = batch["mel"].float()  # (U, T, F): one row per mixture when packed, else per sample
     n_out = batch["frame_labels"].shape[1]
-    mask = _valid_mask(batch["n_valid"], n_out)  # (B, T')
+    if "mix" in batch:  # packed: samples (B) index their mixture's row of mel
+        groups, mix_mask, mix_domain = batch["mix"], _valid_mask(batch["mix_n_valid"], n_out), batch["mix_domain"]
+    else:
+        groups, mix_mask, mix_domain = None, _valid_mask(batch["n_valid"], n_out), batch["domain"]
+    mask = mix_mask if groups is None else mix_mask[groups]  # (B, T')
     aug = augment.augment_batch(
-        {"mel": mel, "frame_labels": batch["frame_labels"], "frame_mask": mask}, ctx.cfg.augment, ctx.gen
+        {"mel": mel, "frame_labels": batch["frame_labels"], "frame_mask": mix_mask}, ctx.cfg.augment, ctx.gen,
+        groups=groups,
     )
     mel, labels = aug["mel"], aug["frame_labels"]
     emb = ctx.refs.lookup(batch["ref_idx"], batch["target_idx"], ctx.gen)  # (B, E)
     main = batch["is_main"].bool()
     m = main
     parts: dict[str, torch.Tensor] = {}
+
+    def teacher(net):  # a frozen teacher on the main rows (their mixtures only)
+        if groups is None:
+            return net(mel[m], emb[m], mask[m])
+        rows, inverse = torch.unique(groups[m], return_inverse=True)
+        return net(mel[rows], emb[m], mask[m], inverse)
+
     with _autocast(ctx):
         teacher_gru = None
         if ctx.kd_teacher is not None and bool(m.any()):
             with torch.no_grad():
-                teacher_gru = ctx.kd_teacher(mel[m], emb[m], mask[m]).gru
+                teacher_gru = teacher(ctx.kd_teacher).gru
         out, domain_logit, kd = ctx.model(
-            mel, emb, mask, lambda_d=phase.lambda_d, teacher_gru=teacher_gru, main=m
+            mel, emb, mask, groups=groups, lambda_d=phase.lambda_d, teacher_gru=teacher_gru, main=m
         )
         if bool(m.any()):
             if phase.loss == "frame":
@@ -287,7 +300,7 @@ def compute_losses(ctx: Context, batch: dict[str, torch.Tensor]) -> tuple[torch.
                 parts["clip"] = losses.clip_bce(out.clip_prob[m], batch["clip_label"][m])
             elif phase.loss == "pseudo":
                 with torch.no_grad():
-                    t = ctx.pseudo_teacher(mel[m], emb[m], mask[m])
+                    t = teacher(ctx.pseudo_teacher)
                 targets = losses.pseudo_labels(t.frame_probs, batch["clip_label"][m])
                 parts["pseudo"] = losses.frame_bce(out.frame_logits[m], targets, mask[m])
             if kd is not None:
@@ -298,7 +311,7 @@ def compute_losses(ctx: Context, batch: dict[str, torch.Tensor]) -> tuple[torch.
                 parts["replay"] = phase.replay_weight * losses.frame_bce(out.frame_logits[r], labels[r], mask[r])
         if domain_logit is not None:
             # D minimises L_d (eq. 8); the reversal makes the extractor maximise lambda_d * L_d
-            parts["domain"] = losses.domain_loss(domain_logit, batch["domain"].float())
+            parts["domain"] = losses.domain_loss(domain_logit, mix_domain.float())
     if not parts:  # a batch of auxiliary rows only
         zero = sum(p.sum() * 0.0 for p in ctx.model.parameters())
         return zero, {}
@@ -322,9 +335,26 @@ def lr_factor(schedule: str, epoch: int, step: int, epoch_steps: int, epochs: in
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-def steps_per_epoch(n_samples: int, world: int, batch_size: int) -> int:
-    """Optimizer steps one worker takes per epoch over ``n_samples`` split ``world`` ways."""
-    return max(1, math.ceil(n_samples / max(1, world) / max(1, batch_size)))
+def steps_per_epoch(n_rows: int, world: int, batch_size: int) -> int:
+    """Optimizer steps one worker takes per epoch over ``n_rows`` split ``world`` ways."""
+    return max(1, math.ceil(n_rows / max(1, world) / max(1, batch_size)))
+
+
+def batch_rows(split: dict, batch_size: int, packed: bool) -> int:
+    """Rows per batch for about ``batch_size`` samples: mixtures when ``packed`` (each holds
+    all its samples; ``split`` is the manifest's entry with both counts), else samples."""
+    if not packed:
+        return batch_size
+    per_mixture = int(split["samples"]) / max(1, int(split["mixtures"]))
+    return max(1, round(batch_size / max(1.0, per_mixture)))
+
+
+def concat_batches(a: dict, b: dict) -> dict:
+    """Rows of ``b`` after those of ``a``; packed batches keep each sample's ``mix`` pointing
+    at its own mixture."""
+    if "mix" in a:
+        b = {**b, "mix": b["mix"] + a["mel"].shape[0]}
+    return {k: torch.cat([a[k], b[k]]) for k in a}
 
 
 def train_epoch(ctx: Context, train_it, aux_it_factory, epoch: int, spe: int) -> dict[str, float]:
@@ -353,7 +383,7 @@ def train_epoch(ctx: Context, train_it, aux_it_factory, epoch: int, spe: int) ->
                         "(method.adversarial=false, method.source_replay=false)"
                     ) from None
             aux["is_main"] = torch.zeros_like(aux["clip_label"])
-            batch = {k: torch.cat([batch[k], aux[k]]) for k in batch}
+            batch = concat_batches(batch, aux)
         batch = {k: v.to(ctx.device, non_blocking=True) for k, v in batch.items()}
         lr = ctx.phase.lr * lr_factor(ctx.cfg.train.lr_schedule, epoch, n_batches, spe, ctx.phase.epochs)
         for group in ctx.optimizer.param_groups:
@@ -589,24 +619,29 @@ def train_loop_per_worker(config: dict) -> dict:
     val_shard = ray.train.get_dataset_shard("val")
     aux_shard = ray.train.get_dataset_shard("aux") if phase.aux_split is not None else None
     tc = ctx.cfg.train
-    bs = tc.batch_size
+    splits = ctx.manifest["splits"]
+    bs = batch_rows(splits[phase.train_split], tc.batch_size, tc.group_by_mixture)
+    collate = {"collate_fn": packed_collate_fn()} if tc.group_by_mixture else {}
 
     aux_passes = [0]
 
     def aux_factory():
         aux_passes[0] += 1
         return iter(aux_shard.iter_torch_batches(
-            batch_size=max(1, bs // 2), local_shuffle_buffer_size=tc.shuffle_buffer or None,
+            batch_size=batch_rows(splits[phase.aux_split], max(1, tc.batch_size // 2), tc.group_by_mixture),
+            local_shuffle_buffer_size=tc.shuffle_buffer or None,
             local_shuffle_seed=shuffle_seed(tc.seed, epoch, world_rank, aux_passes[0]) if tc.shuffle_buffer else None,
+            **collate,
         ))
 
-    n_train = int(ctx.manifest["splits"][phase.train_split]["samples"])
+    n_train = int(splits[phase.train_split]["mixtures" if tc.group_by_mixture else "samples"])
     spe = steps_per_epoch(n_train, world_size, bs)
     for epoch in range(ctx.start_epoch, phase.epochs):
         _maybe_fail(ctx, epoch, config)
         train_it = train_shard.iter_torch_batches(
             batch_size=bs, local_shuffle_buffer_size=tc.shuffle_buffer or None,
             local_shuffle_seed=shuffle_seed(tc.seed, epoch, world_rank) if tc.shuffle_buffer else None,
+            **collate,
         )
         stats = train_epoch(ctx, train_it, aux_factory if aux_shard is not None else None, epoch, spe)
         val = validate(ctx, val_shard.iter_batches(batch_size=64, batch_format="numpy"), world_rank, world_size)

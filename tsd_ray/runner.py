@@ -94,19 +94,22 @@ _SPLITS: dict[tuple, object] = {}
 
 
 def _split_dataset(manifest: Manifest, split: str, n_samples: int, limit: int, *, with_ids: bool = False,
-                   fraction: float = 1.0, seed: int = 0):
-    """A split as one phase reads it: training rows (numeric columns, block order shuffled) or,
-    ``with_ids``, evaluation rows in file order. Up to ``limit`` samples it is expanded once per
-    job and held in the object store (:func:`cached_dataset`'s rule); beyond, streamed."""
+                   fraction: float = 1.0, seed: int = 0, packed: bool = False):
+    """A split as one phase reads it: training rows (numeric columns, block order shuffled;
+    ``packed``: one row per mixture, see :func:`tsd_ray.data.pack_batch`) or, ``with_ids``,
+    evaluation rows in file order. Up to ``limit`` samples it is expanded once per job and held
+    in the object store (:func:`cached_dataset`'s rule); beyond, streamed."""
     import ray
 
-    ds = read_samples(manifest, split, with_ids=with_ids, fraction=fraction, seed=seed)
-    if not with_ids:
+    packed = packed and not with_ids
+    ds = read_samples(manifest, split, with_ids=with_ids, fraction=fraction, seed=seed, packed=packed)
+    if not with_ids and not packed:
         ds = ds.select_columns(list(NUMERIC_KEYS))
     if n_samples > limit:
         return ds
     job = ray.get_runtime_context().get_job_id()
-    key = (job, manifest.uri, manifest.data.get("build_key"), split, with_ids, fraction, seed if fraction < 1.0 else 0)
+    key = (job, manifest.uri, manifest.data.get("build_key"), split, with_ids, packed, fraction,
+           seed if fraction < 1.0 else 0)
     if key not in _SPLITS:
         for stale in [k for k in _SPLITS if k[0] != job]:  # blocks of an earlier Ray job are gone
             del _SPLITS[stale]
@@ -114,19 +117,22 @@ def _split_dataset(manifest: Manifest, split: str, n_samples: int, limit: int, *
     return _SPLITS[key] if with_ids else _SPLITS[key].randomize_block_order()
 
 
-def phase_datasets(manifest: Manifest, phase: PhaseSpec, seed: int = 0, cache_max_samples: int = 0) -> dict:
-    """Train (split across workers), validation (whole, with ids) and the other domain's rows."""
+def phase_datasets(manifest: Manifest, phase: PhaseSpec, seed: int = 0, cache_max_samples: int = 0,
+                   packed: bool = False) -> dict:
+    """Train (split across workers), validation (whole, with ids) and the other domain's rows;
+    ``packed``: training rows are whole mixtures (``train.group_by_mixture``)."""
     _, n_main = manifest.count(phase.train_split)
     _, n_val = manifest.count(phase.val_split)
     datasets = {
-        "train": _split_dataset(manifest, phase.train_split, n_main, cache_max_samples),
+        "train": _split_dataset(manifest, phase.train_split, n_main, cache_max_samples, packed=packed),
         "val": _split_dataset(manifest, phase.val_split, n_val, cache_max_samples, with_ids=True),
     }
     aux = phase.aux_split
     if aux is not None:
         _, n_aux = manifest.count(aux)
         frac = min(1.0, n_main / max(1, n_aux))
-        datasets["aux"] = _split_dataset(manifest, aux, int(n_aux * frac), cache_max_samples, fraction=frac, seed=seed)
+        datasets["aux"] = _split_dataset(manifest, aux, int(n_aux * frac), cache_max_samples, fraction=frac,
+                                         seed=seed, packed=packed)
     return datasets
 
 
@@ -156,7 +162,8 @@ def run_phase(
         torch_config=TorchConfig(backend="nccl" if cfg.train.use_gpu else "gloo"),
         scaling_config=scaling_config(cfg.train),
         run_config=run_config(name, storage_path, cfg.train.max_failures, callbacks),
-        datasets=phase_datasets(manifest, phase, cfg.train.seed, cfg.train.cache_max_samples),
+        datasets=phase_datasets(manifest, phase, cfg.train.seed, cfg.train.cache_max_samples,
+                                cfg.train.group_by_mixture),
         dataset_config=DataConfig(datasets_to_split=["train"]),
     )
     result = trainer.fit()

@@ -41,7 +41,8 @@ class DetectorOutput(NamedTuple):
     frame_probs: Tensor  # (B, T') sigmoid(frame_logits)
     clip_prob: Tensor  # (B,) LinSoft ("linsoft") or max ("none") over valid frames, float32
     gru: Tensor  # (B, T', 2H) Bi-GRU output (KD features)
-    z: Tensor  # (B, C, T', F') CNN features before the embedding is joined (discriminator input)
+    z: Tensor  # (U, C, T', F') CNN features before the embedding is joined (discriminator input),
+    # one row per row of ``mel`` (per mixture when ``groups`` is given)
 
 
 class Detector(nn.Module):
@@ -106,16 +107,25 @@ class Detector(nn.Module):
         self.gru_dim = 2 * cfg.gru_hidden
 
     def forward(
-        self, mel: Tensor, embedding: Tensor, frame_mask: Tensor | None = None
+        self,
+        mel: Tensor,
+        embedding: Tensor,
+        frame_mask: Tensor | None = None,
+        groups: Tensor | None = None,
     ) -> DetectorOutput:
         """Frame-level detection of the reference's class in a mixture.
 
         Args:
-            mel: (B, T, F) log-mel of the mixture, T >= 2.
+            mel: (B, T, F) log-mel of the mixture, T >= 2; with ``groups``, (U, T, F): each
+                mixture once.
             embedding: (B, E) reference embedding.
             frame_mask: optional (B, T') bool, True on valid output frames. Valid frames must
                 form a prefix of each row (padding at the end); the Bi-GRU then ignores the
                 padding (packed sequence) and ``clip_prob`` pools over valid frames only.
+            groups: optional (B,) long, the ``mel`` row of each sample. The CNN does not see
+                the reference, so samples of one mixture (one per target class) share its
+                output: it runs once per mixture and is then indexed per sample. The same
+                numbers as repeating the mixture's rows, at a fraction of the convolutions.
         """
         if mel.ndim != 3 or mel.shape[2] != self.n_mels:
             raise ValueError(
@@ -125,17 +135,19 @@ class Detector(nn.Module):
             raise ValueError(
                 f"Detector: need at least {TIME_POOL} input frames, got {mel.shape[1]}"
             )
-        if embedding.shape != (mel.shape[0], self.cfg.embedding_dim):
+        n_rows = mel.shape[0] if groups is None else groups.shape[0]
+        if embedding.shape != (n_rows, self.cfg.embedding_dim):
             raise ValueError(
-                f"Detector: expected embedding ({mel.shape[0]}, {self.cfg.embedding_dim}), "
+                f"Detector: expected embedding ({n_rows}, {self.cfg.embedding_dim}), "
                 f"got {tuple(embedding.shape)}"
             )
-        x = mel.unsqueeze(1)  # (B, 1, T, F)
+        x = mel.unsqueeze(1)  # (U, 1, T, F)
         for block in self.blocks:
-            x = block(x)  # (B, C_i, T_i, F_i)
-        z = x  # (B, C, T', F')
-        b, c, t_out, f_out = z.shape
-        frames = z.permute(0, 2, 1, 3).reshape(b, t_out, c * f_out)  # (B, T', C*F')
+            x = block(x)  # (U, C_i, T_i, F_i)
+        z = x  # (U, C, T', F'): per mixture row of ``mel``
+        zs = z if groups is None else z.index_select(0, groups.to(z.device))  # (B, C, T', F')
+        b, c, t_out, f_out = zs.shape
+        frames = zs.permute(0, 2, 1, 3).reshape(b, t_out, c * f_out)  # (B, T', C*F')
         frames = F.dropout(frames, p=self.cfg.dropout, training=self.training)
         e = embedding.to(frames.dtype).unsqueeze(1).expand(b, t_out, embedding.shape[1])
         h = torch.cat([frames, e], dim=-1)  # (B, T', C*F' + E)
