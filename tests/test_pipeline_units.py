@@ -90,3 +90,29 @@ def test_the_phase_key_ignores_only_the_name(fake_run):
     for change in ({"lr": spec.lr * 2}, {"epochs": spec.epochs + 1}, {"adversarial": not spec.adversarial},
                    {"init": "x.pt"}, {"kd_teacher": "f.pt"}, {"lambda_d": 0.5}):
         assert spec.with_(**change).content_key() != spec.content_key(), change
+
+
+def test_final_student_best_takes_the_w_student_only_when_it_validates_higher(fake_run, monkeypatch):
+    from tsd_ray.report import format_table1
+
+    run, trained = fake_run
+    scores = {"p3_w_target": 20.0, "p4_f_target": 22.0, "it1_w": 25.0, "it1_f": 21.0}
+
+    def fake_run_phase(cfg_, spec, manifest, embeddings, storage_path, run_name):
+        trained.append(spec)
+        return types.SimpleNamespace(
+            model_uri=f"{storage_path}/{run_name}-{spec.name}/model.pt", checkpoint_uri=None,
+            best_val_score=scores.get(spec.name.split("-", 1)[1], 1.0), best_metrics={}, history=[])
+
+    monkeypatch.setattr(runner, "run_phase", fake_run_phase)
+    paper = run_ms(run, run.cfg.method)  # default: the best-validating f (phase 4 here)
+    assert paper["final_student"] == "f" and paper["final"]["model_uri"].endswith("MS-p4_f_target/model.pt")
+    best = run_ms(run, dataclasses.replace(run.cfg.method, final_student="best"))  # phases reused from the ledger
+    assert best["final_student"] == "w" and best["final"]["model_uri"].endswith("MS-it1_w/model.pt")
+    note = "w student, which had the higher validation score"
+    table = {"SS": {"segment_f": 1, "event_f": 3}, "WS": {"segment_f": 1, "event_f": 1}}
+    assert note in format_table1({**table, "MS": {"segment_f": 1, "event_f": 2, "final_student": "w"}})
+    assert note not in format_table1({**table, "MS": {"segment_f": 1, "event_f": 2, "final_student": "f"}})
+    scores["it1_f"] = 26.0  # f validates higher: "best" keeps f
+    run.ledger.steps.pop("MS-it1_f")  # train the loop's f again, now with that score
+    assert run_ms(run, dataclasses.replace(run.cfg.method, final_student="best"))["final_student"] == "f"

@@ -118,6 +118,11 @@ class MethodConfig:
     alpha_kd: float = 1.0
     max_iterations: int = 2  # loop of Algorithm 1 line 5
     iteration_patience: int = 1  # loop stops after this many iterations without f improving
+    # The MS row's model. "f": the f student with the best validation score (the paper's final
+    # model). "best": that f student or the best-validating target-domain w student (phase 3 or
+    # a loop), whichever scores higher on validation. On the demo the loop's w student often
+    # detects better (README, Table 3), so "best" is offered; it is chosen on validation only.
+    final_student: Literal["f", "best"] = "f"
     recipes: tuple[str, ...] = ("SS", "WS", "MS")  # what jobs/iterate.py runs
     overlap_classes: bool = False  # informational: source/target class sets overlap
 

@@ -212,6 +212,7 @@ def run_ms(run: Run, method: MethodConfig, prefix: str = "MS") -> dict[str, Any]
                     val_split="target_val", loss="pseudo", init=f1["model_uri"], pseudo_teacher=w["model_uri"]))
     rows.append({"iteration": 0, "f": f, "w": w})
     best_f, stale = f, 0
+    best_w, best_w_name = w, f"{prefix}-p3_w_target"
     # 5. repeat {w with KD from current f; f with pseudo labels from current w}
     for it in range(1, method.max_iterations + 1):
         w = run.phase(P("w_loop", f"it{it}_w", student="w", train_split="target_train",
@@ -221,6 +222,8 @@ def run_ms(run: Run, method: MethodConfig, prefix: str = "MS") -> dict[str, Any]
                         val_split="target_val", loss="pseudo", init=f["model_uri"],
                         pseudo_teacher=w["model_uri"]))
         rows.append({"iteration": it, "f": f, "w": w})
+        if w["best_val_score"] > best_w["best_val_score"] + 1e-9:
+            best_w, best_w_name = w, f"{prefix}-it{it}_w"
         if f["best_val_score"] > best_f["best_val_score"] + 1e-9:
             best_f, stale = f, 0
         else:
@@ -228,6 +231,10 @@ def run_ms(run: Run, method: MethodConfig, prefix: str = "MS") -> dict[str, Any]
             if stale >= method.iteration_patience:
                 say(f"{prefix}: f student's validation score stopped improving after iteration {it}")
                 break
+    if method.final_student == "best" and best_w["best_val_score"] > best_f["best_val_score"] + 1e-9:
+        say(f"{prefix}: final model is the w student of {best_w_name} (validation "
+            f"{best_w['best_val_score']:.1f} > f {best_f['best_val_score']:.1f}; method.final_student=best)")
+        return {"final": best_w, "final_student": "w", "w": w, "rows": rows}
     return {"final": best_f, "final_student": "f", "w": w, "rows": rows}
 
 

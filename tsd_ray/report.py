@@ -157,6 +157,8 @@ def format_table1(results: Mapping[str, Any]) -> str:
     gap = event_gap_closed(results)
     if gap is not None:
         out += f"\n\nMS closes {gap:.1f} % of the WS → SS event-F gap."
+    if results.get("MS", {}).get("final_student") == "w":
+        out += "\n\nMS is scored with its w student, which had the higher validation score (method.final_student=best)."
     return out
 
 
