@@ -19,7 +19,7 @@ import time
 import torch
 
 from tsd_ray.config import load_config
-from tsd_ray.loop import Context, PhaseModel, ReferenceTable, compute_losses
+from tsd_ray.loop import Context, PhaseModel, ReferenceTable, compute_losses, concat_batches
 from tsd_ray.models.detector import Detector
 from tsd_ray.models.discriminator import Discriminator
 from tsd_ray.phase import PhaseSpec
@@ -76,8 +76,6 @@ def main() -> None:
         gen=torch.Generator().manual_seed(0),
     )
     g = torch.Generator().manual_seed(1)
-    from tsd_ray.loop import concat_batches
-
     n_main = max(1, round(args.batch / args.per_mixture))
     n_aux = max(1, round(args.batch / 2 / args.per_mixture))
     batches = [concat_batches(_batch(n_main, args.per_mixture, t_in, n_mels, True, g),

@@ -258,11 +258,12 @@ def test_packed_batch_gives_the_losses_of_repeated_mixtures():
         }
 
     main_mel, aux_mel = torch.randn(2, 2 * n_out, 16, generator=g), torch.randn(1, 2 * n_out, 16, generator=g)
-    # main: mixture 1 holds samples 0 and 2, mixture 0 sample 1; aux: one mixture, two samples
+    # main: mixture 1 holds samples 0 and 2, mixture 0 sample 1; aux: one mixture, two samples.
+    # The aux mixture comes first, so the teachers' main mixtures are mel rows 1-2, not 0-1.
     main = part(main_mel, torch.tensor([1, 0, 1]), [0, 1, 2], True)
     aux = part(aux_mel, torch.tensor([0, 0]), [3, 4], False)
-    packed = concat_batches(main, aux)
-    assert packed["mix"].tolist() == [1, 0, 1, 2, 2]
+    packed = concat_batches(aux, main)
+    assert packed["mix"].tolist() == [0, 0, 2, 1, 2]
     repeated = {k: v for k, v in packed.items() if k not in ("mix", "mix_domain", "mix_n_valid")}
     repeated["mel"] = packed["mel"][packed["mix"]]
     with torch.no_grad():

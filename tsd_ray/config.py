@@ -177,7 +177,8 @@ class TrainConfig:
     # and the detector's CNN, which does not see the reference, runs once per mixture. Batches
     # then hold about batch_size samples from batch_size / (samples per mixture) mixtures, and
     # the shuffle buffer counts mixtures. false: samples shuffled independently (the CNN runs
-    # once per sample; 2.1x slower training step on the demo corpus, 3.3 samples per mixture).
+    # once per sample: a 2.2x slower training step on the demo corpus, 3.3 samples per
+    # mixture; bench/bench_grouped.py).
     group_by_mixture: bool = True
     # Splits with at most this many samples are expanded once per job and kept in the object
     # store (no Parquet read + expansion every epoch or phase); larger ones stream from Parquet.

@@ -102,18 +102,20 @@ def _split_dataset(manifest: Manifest, split: str, n_samples: int, limit: int, *
     import ray
 
     packed = packed and not with_ids
-    ds = read_samples(manifest, split, with_ids=with_ids, fraction=fraction, seed=seed, packed=packed)
-    if not with_ids and not packed:
-        ds = ds.select_columns(list(NUMERIC_KEYS))
+
+    def make():
+        ds = read_samples(manifest, split, with_ids=with_ids, fraction=fraction, seed=seed, packed=packed)
+        return ds if with_ids or packed else ds.select_columns(list(NUMERIC_KEYS))
+
     if n_samples > limit:
-        return ds
+        return make()
     job = ray.get_runtime_context().get_job_id()
     key = (job, manifest.uri, manifest.data.get("build_key"), split, with_ids, packed, fraction,
            seed if fraction < 1.0 else 0)
-    if key not in _SPLITS:
+    if key not in _SPLITS:  # a hit builds nothing: the held blocks are the split
         for stale in [k for k in _SPLITS if k[0] != job]:  # blocks of an earlier Ray job are gone
             del _SPLITS[stale]
-        _SPLITS[key] = ds.materialize()
+        _SPLITS[key] = make().materialize()
     return _SPLITS[key] if with_ids else _SPLITS[key].randomize_block_order()
 
 
