@@ -105,9 +105,10 @@ def test_final_student_best_takes_the_w_student_only_when_it_validates_higher(fa
             best_val_score=scores.get(spec.name.split("-", 1)[1], 1.0), best_metrics={}, history=[])
 
     monkeypatch.setattr(runner, "run_phase", fake_run_phase)
-    paper = run_ms(run, run.cfg.method)  # default: the best-validating f (phase 4 here)
+    paper = run_ms(run, dataclasses.replace(run.cfg.method, final_student="f"))  # the best-validating f (phase 4)
     assert paper["final_student"] == "f" and paper["final"]["model_uri"].endswith("MS-p4_f_target/model.pt")
-    best = run_ms(run, dataclasses.replace(run.cfg.method, final_student="best"))  # phases reused from the ledger
+    assert run.cfg.method.final_student == "best"  # the default
+    best = run_ms(run, run.cfg.method)  # phases reused from the ledger
     assert best["final_student"] == "w" and best["final"]["model_uri"].endswith("MS-it1_w/model.pt")
     note = "w student, which had the higher validation score"
     table = {"SS": {"segment_f": 1, "event_f": 3}, "WS": {"segment_f": 1, "event_f": 1}}
@@ -116,3 +117,33 @@ def test_final_student_best_takes_the_w_student_only_when_it_validates_higher(fa
     scores["it1_f"] = 26.0  # f validates higher: "best" keeps f
     run.ledger.steps.pop("MS-it1_f")  # train the loop's f again, now with that score
     assert run_ms(run, dataclasses.replace(run.cfg.method, final_student="best"))["final_student"] == "f"
+
+
+def test_the_loop_stops_on_the_reported_students_validation_score(fake_run, monkeypatch):
+    """Algorithm 1 stops when f stops improving; with final_student=best, when neither student
+    beats the better one so far (the model MS would report)."""
+    run, trained = fake_run
+    scores = {"p3_w_target": 20.0, "p4_f_target": 22.0, "it1_w": 25.0, "it1_f": 21.0,
+              "it2_w": 24.0, "it2_f": 23.0, "it3_w": 31.0, "it3_f": 30.0}
+
+    def fake_run_phase(cfg_, spec, manifest, embeddings, storage_path, run_name):
+        trained.append(spec.name.split("-", 1)[1])
+        return types.SimpleNamespace(
+            model_uri=f"{storage_path}/{run_name}-{spec.name}/model.pt", checkpoint_uri=None,
+            best_val_score=scores.get(spec.name.split("-", 1)[1], 1.0), best_metrics={}, history=[])
+
+    monkeypatch.setattr(runner, "run_phase", fake_run_phase)
+    def iterations(prefix):  # the loop iterations a chain ran (trained or reused from the ledger)
+        return [it for it in (1, 2, 3) if run.ledger.done(f"{prefix}-it{it}_f")]
+
+    loop = dict(max_iterations=3, iteration_patience=1)
+    f_only = run_ms(run, dataclasses.replace(run.cfg.method, final_student="f", **loop), prefix="F")
+    assert iterations("F") == [1]  # it1's f (21) is below phase 4's (22): stop
+    assert f_only["final"]["model_uri"].endswith("F-p4_f_target/model.pt")
+    best = run_ms(run, dataclasses.replace(run.cfg.method, final_student="best", **loop), prefix="B")
+    # it1's w (25) beats every score so far: go on; in it2 neither beats 25: stop before it3
+    assert iterations("B") == [1, 2] and trained[-2:] == ["it2_w", "it2_f"]
+    assert best["final_student"] == "w" and best["final"]["model_uri"].endswith("F-it1_w/model.pt")  # reused
+    patient = run_ms(run, dataclasses.replace(run.cfg.method, final_student="best", max_iterations=3,
+                                              iteration_patience=2), prefix="P")
+    assert iterations("P") == [1, 2, 3] and patient["final"]["model_uri"].endswith("P-it3_w/model.pt")

@@ -211,8 +211,14 @@ def run_ms(run: Run, method: MethodConfig, prefix: str = "MS") -> dict[str, Any]
     f = run.phase(P("f_target", "p4_f_target", student="f", train_split="target_train",
                     val_split="target_val", loss="pseudo", init=f1["model_uri"], pseudo_teacher=w["model_uri"]))
     rows.append({"iteration": 0, "f": f, "w": w})
-    best_f, stale = f, 0
-    best_w, best_w_name = w, f"{prefix}-p3_w_target"
+    best_f, best_w, best_w_name = f, w, f"{prefix}-p3_w_target"
+    either = method.final_student == "best"
+
+    def reported() -> float:  # validation score of the model MS would report now
+        s = best_f["best_val_score"]
+        return max(s, best_w["best_val_score"]) if either else s
+
+    best_score, stale = reported(), 0
     # 5. repeat {w with KD from current f; f with pseudo labels from current w}
     for it in range(1, method.max_iterations + 1):
         w = run.phase(P("w_loop", f"it{it}_w", student="w", train_split="target_train",
@@ -225,11 +231,16 @@ def run_ms(run: Run, method: MethodConfig, prefix: str = "MS") -> dict[str, Any]
         if w["best_val_score"] > best_w["best_val_score"] + 1e-9:
             best_w, best_w_name = w, f"{prefix}-it{it}_w"
         if f["best_val_score"] > best_f["best_val_score"] + 1e-9:
-            best_f, stale = f, 0
+            best_f = f
+        # Algorithm 1 loops until the f student stops improving; with final_student=best the
+        # loop follows the model it would report, the better of the two students.
+        if reported() > best_score + 1e-9:
+            best_score, stale = reported(), 0
         else:
             stale += 1
             if stale >= method.iteration_patience:
-                say(f"{prefix}: f student's validation score stopped improving after iteration {it}")
+                who = "the better student's" if either else "f student's"
+                say(f"{prefix}: {who} validation score stopped improving after iteration {it}")
                 break
     if method.final_student == "best" and best_w["best_val_score"] > best_f["best_val_score"] + 1e-9:
         say(f"{prefix}: final model is the w student of {best_w_name} (validation "
