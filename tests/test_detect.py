@@ -376,8 +376,13 @@ def test_export_from_run_ledger_and_export_job(model, tmp_path, capsys):
     led.record("MS-eval", postprocessing={"threshold": 0.7, "median_frames": 5}, event_f=1.0)
     out = detect.export_from_run(str(tmp_path / "run"), str(tmp_path / "det.pt"))
     payload = ckpt.load_payload(out)
-    assert payload["meta"]["student_uri"] == str(better)  # the best f by validation, as run_ms picks
+    assert payload["meta"]["student_uri"] == str(better)  # an old ledger: the best f by validation
     assert payload["postprocessing"] == {"threshold": 0.7, "median_frames": 5}
+    w_final = tmp_path / "it1_w_model.pt"  # the evaluation records its model: a w student chosen as best
+    shutil.copy(model["student"], w_final)
+    led.record("MS-eval", postprocessing={"threshold": 0.6, "median_frames": 3}, event_f=1.0, model_uri=str(w_final))
+    out = detect.export_from_run(str(tmp_path / "run"), str(tmp_path / "det_w.pt"))
+    assert ckpt.load_payload(out)["meta"]["student_uri"] == str(w_final)
     with pytest.raises(detect.DetectError, match="'WS-eval'"):
         detect.export_from_run(str(tmp_path / "run"), str(tmp_path / "x.pt"), recipe="WS")
     # the export job: from files, and a bad pairing named

@@ -74,6 +74,11 @@ def test_iterate_killed_after_phase_two_resumes_and_reports(tmp_path):
         assert name in steps, name
     assert steps["MS-p1_f_source"]["model_uri"].endswith("model.pt")
     report = json.loads((storage / "e2e" / "report.json").read_text())
+    # the evaluation records the model it scored: the final student that report.json names
+    final = report["MS"]["final_student"]
+    scored = [n for n in ("MS-p3_w_target", "MS-p4_f_target", "MS-it1_w", "MS-it1_f")
+              if steps[n]["model_uri"] == steps["MS-eval"]["model_uri"]]
+    assert len(scored) == 1 and scored[0].split("_")[1] == final, (scored, final)
     assert set(report["MS"]) >= {"segment_f", "event_f"}
     assert 0 <= report["MS"]["event_f"] <= 100
     assert [r["iteration"] for r in report["iterations"]] == [0, 1]

@@ -177,7 +177,7 @@ def test_trial_config_applies_sampled_values_with_python_types():
     assert cfg.phases.f_source.epochs == 1  # the rest is the base config
 
 
-def test_score_tracker_reports_f_students_best_and_target_supersedes_source():
+def test_score_tracker_reports_the_final_candidates_best_and_target_supersedes_source():
     t = ScoreTracker(pseudo=True)
     assert t.update("MS-p1_f_source", "f", "source_val", 40.0)["val_score"] == 40.0
     m = t.update("MS-p2_w_source", "w", "source_val", 55.0)
@@ -189,6 +189,14 @@ def test_score_tracker_reports_f_students_best_and_target_supersedes_source():
     assert t.update("MS-it1_f", "f", "target_val", 25.0)["val_score"] == 25.0
     t.update("MS-it2_w", "w", "target_val", 33.0)
     assert t.update("MS-it2_f", "f", "target_val", 22.0)["val_score"] == 25.0  # best so far
+    either = ScoreTracker(pseudo=True, either=True)  # final_student=best: target w scores count too
+    either.update("MS-p1_f_source", "f", "source_val", 40.0)
+    assert either.update("MS-p2_w_source", "w", "source_val", 55.0)["val_score"] == 40.0  # source w: no
+    m = either.update("MS-p3_w_target", "w", "target_val", 30.0)
+    assert (m["val_score"], m["val_split"]) == (30.0, "target_val")
+    assert either.update("MS-p4_f_target", "f", "target_val", 20.0)["val_score"] == 30.0
+    assert either.update("MS-it1_w", "w", "target_val", 33.0)["val_score"] == 33.0
+    assert either.update("MS-it1_f", "f", "target_val", 35.0)["val_score"] == 35.0
     no_ps = ScoreTracker(pseudo=False)  # without pseudo labels the final model is the w student
     no_ps.update("p1", "f", "source_val", 40.0)
     no_ps.update("p2", "w", "source_val", 50.0)

@@ -174,9 +174,11 @@ def export_from_run(run_dir: str, out_uri: str, *, recipe: str = "MS") -> str:
     """Export the final model of ``recipe`` (SS, WS, MS or an ablation name) of a finished run.
 
     Reads ``<run_dir>/ledger.json``: the encoder, the recipe's evaluation (its post-processing,
-    tuned on validation) and its final student, chosen as :func:`tsd_ray.pipeline.run_ms` does
-    (the best f by validation score among phase 4 and the loop iterations; the phase-3 w
-    student when pseudo supervision was off). Returns ``out_uri``.
+    tuned on validation) and its final student: the model that evaluation scored (recorded in
+    the ledger, so the w student when ``method.final_student=best`` chose it). Ledgers written
+    before evaluations recorded their model fall back to the best f by validation score among
+    phase 4 and the loop iterations (the phase-3 w student when pseudo supervision was off).
+    Returns ``out_uri``.
     """
     steps = read_ledger_steps(run_dir)
     if "encoder" not in steps:

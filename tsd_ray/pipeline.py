@@ -154,7 +154,9 @@ class Run:
     def evaluate(self, name: str, model_uri: str) -> dict[str, Any]:
         from tsd_ray.predict import evaluate_model
 
-        return self.step(name, lambda: evaluate_model(model_uri, self.manifest, self.embeddings, self.cfg.eval))
+        # the evaluated model is recorded: it is the recipe's final model (jobs/detect.py export)
+        return self.step(name, lambda: {**evaluate_model(model_uri, self.manifest, self.embeddings, self.cfg.eval),
+                                        "model_uri": model_uri})
 
 
 def open_run(cfg: Config, root: str, manifest: Manifest, new_run: bool) -> Run:

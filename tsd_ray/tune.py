@@ -405,11 +405,14 @@ class ScoreTracker:
     and the last value equals the score of the final MS model (``run_ms``'s best f). With
     ``method.pseudo`` off the final model is the w student, whose target score takes over at
     phase 3. ASHA compares trials at equal ``training_iteration``, i.e. after the same phase,
-    so values on different splits are never compared with each other.
+    so values on different splits are never compared with each other. With ``either``
+    (``method.final_student=best``) target-domain w scores count as well, from phase 3 on, so
+    the last value is the better student's score, again the final MS model's.
     """
 
-    def __init__(self, pseudo: bool = True):
+    def __init__(self, pseudo: bool = True, either: bool = False):
         self.pseudo = pseudo
+        self.either = either
         self.val_score = math.nan
         self.val_split = ""
         self.phases_done = 0
@@ -419,7 +422,7 @@ class ScoreTracker:
         score = float(score)
         self.phases_done += 1
         on_target = val_split.startswith("target")
-        if student == "f" or (not self.pseudo and on_target) or math.isnan(self.val_score):
+        if student == "f" or ((not self.pseudo or self.either) and on_target) or math.isnan(self.val_score):
             if math.isnan(self.val_score) or (on_target and not self.val_split.startswith("target")):
                 self.val_score, self.val_split = score, val_split  # target scores supersede source ones
             elif val_split == self.val_split:
@@ -518,7 +521,7 @@ def run_trial(setup: TrialSetup, params: Mapping[str, Any], trial_id: str,
         manifest = load_manifest(setup.features)
     else:  # the search changes the features themselves: build (or find) this trial's own
         manifest = prepare_features(cfg, setup.root)
-    tracker = ScoreTracker(pseudo=cfg.method.pseudo)
+    tracker = ScoreTracker(pseudo=cfg.method.pseudo, either=cfg.method.final_student == "best")
 
     def on_phase(spec, entry):
         report({**tracker.update(spec.name, spec.student, spec.val_split, entry["best_val_score"]), "run": cfg.run.name})
