@@ -6,8 +6,8 @@ A model file (``model.pt``) is a plain dict of primitives and tensors, loaded wi
     {"format": "tsd_ray.model", "version": 1, "kind": "f" | "w" | "encoder" | "detector",
      "config": {...}, "n_mels": 64, "classes": [...], "state_dict": {...}, "meta": {...}}
 
-``kind == "detector"`` is the exported bundle used by detection: the f student plus the frozen
-encoder (``encoder`` entry) plus the post-processing tuned on validation.
+``kind == "detector"`` is the exported bundle used by detection: the final student (f or w)
+plus the frozen encoder (``encoder`` entry) plus the post-processing tuned on validation.
 """
 
 from __future__ import annotations
