@@ -124,7 +124,7 @@ class MethodConfig:
     # target-domain w student (phase 3 or a loop), whichever scores higher on validation; the
     # loop then runs while either student improves on the better one. "f": the f student with the
     # best validation score, and the loop runs while f improves (the paper's Algorithm 1 exactly).
-    # On the demo the loop's w student validates higher in most iterations (README, Table 3).
+    # On the demo the loop's w student validates higher in most iterations (README, Measured).
     final_student: Literal["f", "best"] = "best"
     recipes: tuple[str, ...] = ("SS", "WS", "MS")  # what jobs/iterate.py runs
     overlap_classes: bool = False  # informational: source/target class sets overlap

@@ -244,7 +244,7 @@ def run_ms(run: Run, method: MethodConfig, prefix: str = "MS") -> dict[str, Any]
                 who = "the better student's" if either else "f student's"
                 say(f"{prefix}: {who} validation score stopped improving after iteration {it}")
                 break
-    if method.final_student == "best" and best_w["best_val_score"] > best_f["best_val_score"] + 1e-9:
+    if either and best_w["best_val_score"] > best_f["best_val_score"] + 1e-9:
         say(f"{prefix}: final model is the w student of {best_w_name} (validation "
             f"{best_w['best_val_score']:.1f} > f {best_f['best_val_score']:.1f}; method.final_student=best)")
         return {"final": best_w, "final_student": "w", "w": w, "rows": rows}
