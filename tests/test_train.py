@@ -35,7 +35,7 @@ def trained(tmp_path_factory, ray_local):
     manifest = load_manifest(str(root / "features"))
     enc = pretrain_encoder(cfg, manifest, storage_path=str(root / "runs"), run_name="t")
     emb = embed_references(enc, manifest, embeddings_file(str(root / "runs"), "t"))
-    return {"cfg": cfg, "manifest": manifest, "encoder": enc, "embeddings": emb, "root": root}
+    return {"cfg": cfg, "manifest": manifest, "encoder": enc, "embeddings": emb, "root": root, "corpus": corpus}
 
 
 def test_encoder_checkpoint_and_embedding_table(trained):
@@ -79,6 +79,52 @@ def test_two_worker_phase_lowers_loss_and_checkpoint_describes_itself(trained):
         out = model(torch.as_tensor(batch["mel"]).float(), emb)
     assert out.frame_probs.shape == (len(batch["mel"]), 250)
     trained["f_model"] = res.model_uri
+
+
+def test_a_two_worker_phase_repeats_exactly_under_one_seed(trained):
+    """Same seed, same phase, two fits: the same numbers, epoch by epoch (train.reproducible).
+
+    The features are rebuilt with one mixture per shard, so the training split has many
+    blocks for the two workers to share: Ray's streaming split hands blocks to whichever worker
+    asks first unless the ingest preserves order, and the auxiliary rows' block order was drawn
+    afresh at every pass.
+    """
+    from tsd_ray import runner
+    from tsd_ray.encoder_train import embed_references
+    from tsd_ray.runner import run_phase
+
+    root = trained["root"]
+    cfg = dataclasses.replace(trained["cfg"], build=dataclasses.replace(trained["cfg"].build, rows_per_shard=1))
+    build_features(trained["corpus"], str(root / "features3"), frontend=cfg.frontend, samples_cfg=cfg.samples,
+                   build_cfg=cfg.build, use_ray=False)
+    manifest = load_manifest(str(root / "features3"))
+    assert len(manifest.files("target_train")) == manifest.count("target_train")[0]
+    emb = embed_references(trained["encoder"], manifest, str(root / "runs" / "emb3.parquet"))
+    spec = make_phase(cfg, "w_target", "w_t", student="w", train_split="target_train", val_split="target_val",
+                      loss="clip", adversarial=True).with_(epochs=2, patience=10, replay=True)
+    assert spec.aux_split == "source_train"
+    runs = []
+    for i in range(2):
+        runner._SPLITS.clear()  # the second fit expands its splits again, as a new job would
+        runs.append(run_phase(cfg, spec, manifest, emb, storage_path=str(root / "runs"), run_name=f"rep{i}"))
+    keys = ("loss", "loss_clip", "loss_domain", "loss_replay", "train_samples", "val_event_f", "val_segment_f")
+    first, second = ([{k: h[k] for k in keys} for h in r.history] for r in runs)
+    assert len(first) == 2 and first == second
+    a, b = (ckpt.load_payload(r.model_uri)["state_dict"] for r in runs)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_keep_order_holds_for_that_dataset_only(ray_local):
+    """keep_order sets preserve_order in the dataset's own DataContext copy, not Ray's global one."""
+    import ray
+    from ray.data import DataContext
+
+    from tsd_ray.ray_utils import keep_order
+
+    ds = ray.data.from_items([{"i": i} for i in range(8)], override_num_blocks=8).map_batches(lambda b: b)
+    assert keep_order(ds) is ds and ds.context.execution_options.preserve_order
+    assert not DataContext.get_current().execution_options.preserve_order
+    assert [int(r["i"]) for r in ds.materialize().iter_rows()] == list(range(8))
 
 
 def test_phases_share_the_splits_they_read(trained):

@@ -189,6 +189,13 @@ class TrainConfig:
     mixed_precision: bool = True  # bf16 autocast on GPU; ignored on CPU
     max_failures: int = 2  # FailureConfig
     seed: int = 0  # model init, augmentation and every epoch's local shuffle (per worker; see shuffle_seed)
+    # true: a phase run twice with one seed gives the same numbers, with any number of workers.
+    # The training split's block order is drawn from the seed and the phase name, and Ray Data
+    # feeds the workers in order (ExecutionOptions.preserve_order), so every worker gets the same
+    # blocks each time; Ray's default hands each block to whichever worker asks first. Each
+    # worker then keeps its share of the blocks for the whole phase and shuffles it every epoch.
+    # false: Ray's default (blocks reshuffled every epoch, dealt out on demand).
+    reproducible: bool = True
     fail_at_epoch: int = -1  # fault injection for tests: a worker raises once at this epoch
 
 

@@ -115,18 +115,19 @@ def encoder_loop_per_worker(config: dict) -> dict:
 
 def pretrain_encoder(cfg: Config, manifest: Manifest, *, storage_path: str, run_name: str) -> str:
     """Train the encoder as a Ray Train run; returns the URI of its model file."""
-    from ray.train import DataConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from tsd_ray.ray_utils import ensure_ray
-    from tsd_ray.runner import cached_dataset, checkpoint_uri, run_config, scaling_config
+    from tsd_ray.runner import block_order_seed, cached_dataset, checkpoint_uri, data_config, run_config, scaling_config
 
     ensure_ray()
     refs = read_references(manifest)
     n_refs = int(manifest.data["references"].get("mixtures", 0))
     # a small pool is read once and kept in the object store: re-reading it every epoch took
     # longer than the epoch's training on 2 cores (demo: 3-4 s of 8 s per epoch)
-    refs = cached_dataset(refs, n_refs, cfg.train.cache_max_samples, shuffle=True)
+    tc = cfg.train
+    refs = cached_dataset(refs, n_refs, tc.cache_max_samples, shuffle=True,
+                          order_seed=block_order_seed(tc.seed, "encoder", "references") if tc.reproducible else None)
     trainer = TorchTrainer(
         encoder_loop_per_worker,
         train_loop_config={"cfg": cfg.to_dict(), "manifest": manifest.data},
@@ -134,7 +135,7 @@ def pretrain_encoder(cfg: Config, manifest: Manifest, *, storage_path: str, run_
         scaling_config=scaling_config(cfg.train),
         run_config=run_config(f"{run_name}-encoder", storage_path, cfg.train.max_failures),
         datasets={"train": refs},
-        dataset_config=DataConfig(datasets_to_split=["train"]),
+        dataset_config=data_config({"train": refs}, tc.reproducible),
     )
     result = trainer.fit()
     if result.error is not None:

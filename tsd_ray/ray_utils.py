@@ -23,10 +23,21 @@ def shuffle_seed(seed: int, epoch: int, rank: int, stream: int = 0) -> int:
     """Seed of one epoch's local shuffle on one worker: a fresh order every epoch, rank and
     stream, the same order for the same ``train.seed`` (Ray's default draws it from the OS).
 
-    With one worker a phase then repeats; with several it does not quite: Ray Train's streaming
-    split gives blocks to whichever worker asks first, so each worker's input differs run to run.
+    A phase with several workers repeats only if each worker also gets the same blocks in the
+    same order: ``train.reproducible`` (:func:`keep_order`, :func:`tsd_ray.runner.data_config`).
     """
     return int(np.random.SeedSequence([seed, epoch, rank, stream]).generate_state(1)[0])
+
+
+def keep_order(ds):
+    """``ds`` (returned) keeps its blocks in input order when it runs or is materialised.
+
+    Ray Data otherwise lists a materialised dataset's blocks in the order its tasks finished,
+    which varies run to run, so a seeded block shuffle of them would not repeat. The option
+    lives in the dataset's own copy of the DataContext, taken when it was created.
+    """
+    ds.context.execution_options.preserve_order = True
+    return ds
 
 
 def ensure_ray(num_cpus: int | None = None, *, include_dashboard: bool | None = None) -> None:

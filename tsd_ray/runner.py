@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import zlib
 from dataclasses import dataclass
 
 from tsd_ray import storage
@@ -79,12 +80,17 @@ def loop_config(cfg: Config, phase: PhaseSpec, manifest: Manifest, embeddings_ur
     }
 
 
-def cached_dataset(ds, n_samples: int, limit: int, shuffle: bool):
-    """Small splits: expand once and keep in the object store; big ones: stream every epoch."""
+def cached_dataset(ds, n_samples: int, limit: int, shuffle: bool, order_seed: int | None = None):
+    """Small splits: expand once and keep in the object store (``shuffle``: block order drawn
+    from ``order_seed``, else afresh at every pass); big ones: stream every epoch."""
     if n_samples > limit:
         return ds
+    from tsd_ray.ray_utils import keep_order
+
+    if order_seed is not None:  # blocks listed in input order: the seed alone decides theirs
+        ds = keep_order(ds)
     ds = ds.materialize()
-    return ds.randomize_block_order() if shuffle else ds
+    return ds.randomize_block_order(seed=order_seed) if shuffle else ds
 
 
 #: Materialised splits of this driver, shared by the phases that read them: a run's nine
@@ -94,12 +100,17 @@ _SPLITS: dict[tuple, object] = {}
 
 
 def _split_dataset(manifest: Manifest, split: str, n_samples: int, limit: int, *, with_ids: bool = False,
-                   fraction: float = 1.0, seed: int = 0, packed: bool = False):
-    """A split as one phase reads it: training rows (numeric columns, block order shuffled;
-    ``packed``: one row per mixture, see :func:`tsd_ray.data.pack_batch`) or, ``with_ids``,
-    evaluation rows in file order. Up to ``limit`` samples it is expanded once per job and held
-    in the object store (:func:`cached_dataset`'s rule); beyond, streamed."""
+                   fraction: float = 1.0, seed: int = 0, packed: bool = False, order_seed: int | None = None,
+                   ordered: bool = False):
+    """A split as one phase reads it: training rows (numeric columns, block order shuffled,
+    from ``order_seed`` when given, else afresh at every pass; ``packed``: one row per mixture,
+    see :func:`tsd_ray.data.pack_batch`) or, ``with_ids``, evaluation rows in file order. Up to
+    ``limit`` samples it is expanded once per job and held in the object store
+    (:func:`cached_dataset`'s rule); beyond, streamed in file order. ``ordered``: the held
+    blocks are listed in file order (else in the order Ray's tasks finished)."""
     import ray
+
+    from tsd_ray.ray_utils import keep_order
 
     packed = packed and not with_ids
 
@@ -111,31 +122,63 @@ def _split_dataset(manifest: Manifest, split: str, n_samples: int, limit: int, *
         return make()
     job = ray.get_runtime_context().get_job_id()
     key = (job, manifest.uri, manifest.data.get("build_key"), split, with_ids, packed, fraction,
-           seed if fraction < 1.0 else 0)
+           seed if fraction < 1.0 else 0, ordered)
     if key not in _SPLITS:  # a hit builds nothing: the held blocks are the split
         for stale in [k for k in _SPLITS if k[0] != job]:  # blocks of an earlier Ray job are gone
             del _SPLITS[stale]
-        _SPLITS[key] = make().materialize()
-    return _SPLITS[key] if with_ids else _SPLITS[key].randomize_block_order()
+        ds = make()
+        _SPLITS[key] = (keep_order(ds) if ordered else ds).materialize()
+    return _SPLITS[key] if with_ids else _SPLITS[key].randomize_block_order(seed=order_seed)
+
+
+def block_order_seed(seed: int, phase_name: str, split: str) -> int:
+    """Seed of one phase's block order over one split: fixed by ``train.seed`` and the names,
+    so the same phase of another run (or a restarted one) deals out the same blocks."""
+    from tsd_ray.ray_utils import shuffle_seed
+
+    return shuffle_seed(seed, 0, 0, zlib.crc32(f"{phase_name}/{split}".encode()))
 
 
 def phase_datasets(manifest: Manifest, phase: PhaseSpec, seed: int = 0, cache_max_samples: int = 0,
-                   packed: bool = False) -> dict:
+                   packed: bool = False, reproducible: bool = False) -> dict:
     """Train (split across workers), validation (whole, with ids) and the other domain's rows;
-    ``packed``: training rows are whole mixtures (``train.group_by_mixture``)."""
+    ``packed``: training rows are whole mixtures (``train.group_by_mixture``); ``reproducible``:
+    block orders drawn from ``seed`` (``train.reproducible``), else afresh at every pass."""
     _, n_main = manifest.count(phase.train_split)
     _, n_val = manifest.count(phase.val_split)
+
+    def order(split: str) -> int | None:
+        return block_order_seed(seed, phase.name, split) if reproducible else None
+
     datasets = {
-        "train": _split_dataset(manifest, phase.train_split, n_main, cache_max_samples, packed=packed),
-        "val": _split_dataset(manifest, phase.val_split, n_val, cache_max_samples, with_ids=True),
+        "train": _split_dataset(manifest, phase.train_split, n_main, cache_max_samples, packed=packed,
+                                order_seed=order(phase.train_split), ordered=reproducible),
+        "val": _split_dataset(manifest, phase.val_split, n_val, cache_max_samples, with_ids=True,
+                              ordered=reproducible),
     }
     aux = phase.aux_split
     if aux is not None:
         _, n_aux = manifest.count(aux)
         frac = min(1.0, n_main / max(1, n_aux))
         datasets["aux"] = _split_dataset(manifest, aux, int(n_aux * frac), cache_max_samples, fraction=frac,
-                                         seed=seed, packed=packed)
+                                         seed=seed, packed=packed, order_seed=order(aux), ordered=reproducible)
     return datasets
+
+
+def data_config(datasets: dict, reproducible: bool):
+    """Ray Train's ingest: the training rows split across the workers; ``reproducible``: every
+    dataset fed in order, so the split deals each worker the same blocks run after run (Ray's
+    output splitter then ignores locality and gives each block to the worker with fewest rows)."""
+    from ray.train import DataConfig
+
+    if not reproducible:
+        return DataConfig(datasets_to_split=["train"])
+    options = {}
+    for name in datasets:
+        opts = DataConfig.default_ingest_options()
+        opts.preserve_order = True
+        options[name] = opts
+    return DataConfig(datasets_to_split=["train"], execution_options=options)
 
 
 def run_phase(
@@ -149,7 +192,6 @@ def run_phase(
     callbacks=None,
 ) -> PhaseResult:
     """Train one phase with Ray Train (DDP over ``cfg.train.num_workers``)."""
-    from ray.train import DataConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from tsd_ray.loop import train_loop_per_worker
@@ -158,15 +200,16 @@ def run_phase(
     ensure_ray()
     name = f"{run_name}-{phase.name}"
     marker = storage.join(storage.expand(storage_path), name, "_fault_injected") if cfg.train.fail_at_epoch >= 0 else None
+    tc = cfg.train
+    datasets = phase_datasets(manifest, phase, tc.seed, tc.cache_max_samples, tc.group_by_mixture, tc.reproducible)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop_config(cfg, phase, manifest, embeddings_uri, marker),
-        torch_config=TorchConfig(backend="nccl" if cfg.train.use_gpu else "gloo"),
-        scaling_config=scaling_config(cfg.train),
-        run_config=run_config(name, storage_path, cfg.train.max_failures, callbacks),
-        datasets=phase_datasets(manifest, phase, cfg.train.seed, cfg.train.cache_max_samples,
-                                cfg.train.group_by_mixture),
-        dataset_config=DataConfig(datasets_to_split=["train"]),
+        torch_config=TorchConfig(backend="nccl" if tc.use_gpu else "gloo"),
+        scaling_config=scaling_config(tc),
+        run_config=run_config(name, storage_path, tc.max_failures, callbacks),
+        datasets=datasets,
+        dataset_config=data_config(datasets, tc.reproducible),
     )
     result = trainer.fit()
     if result.error is not None:
