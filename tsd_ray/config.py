@@ -189,7 +189,7 @@ class TrainConfig:
     mixed_precision: bool = True  # bf16 autocast on GPU; ignored on CPU
     max_failures: int = 2  # FailureConfig
     seed: int = 0  # model init, augmentation and every epoch's local shuffle (per worker; see shuffle_seed)
-    # true: a phase run twice with one seed gives the same numbers, with any number of workers.
+    # true: a phase run twice with one seed (and worker count) gives the same numbers on CPU.
     # The training split's block order is drawn from the seed and the phase name, and Ray Data
     # feeds the workers in order (ExecutionOptions.preserve_order), so every worker gets the same
     # blocks each time; Ray's default hands each block to whichever worker asks first. Each

@@ -118,7 +118,14 @@ def pretrain_encoder(cfg: Config, manifest: Manifest, *, storage_path: str, run_
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from tsd_ray.ray_utils import ensure_ray
-    from tsd_ray.runner import block_order_seed, cached_dataset, checkpoint_uri, data_config, run_config, scaling_config
+    from tsd_ray.runner import (
+        block_order_seed,
+        cached_dataset,
+        checkpoint_uri,
+        data_config,
+        run_config,
+        scaling_config,
+    )
 
     ensure_ray()
     refs = read_references(manifest)
