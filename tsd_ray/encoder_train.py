@@ -138,9 +138,9 @@ def pretrain_encoder(cfg: Config, manifest: Manifest, *, storage_path: str, run_
     trainer = TorchTrainer(
         encoder_loop_per_worker,
         train_loop_config={"cfg": cfg.to_dict(), "manifest": manifest.data},
-        torch_config=TorchConfig(backend="nccl" if cfg.train.use_gpu else "gloo"),
-        scaling_config=scaling_config(cfg.train),
-        run_config=run_config(f"{run_name}-encoder", storage_path, cfg.train.max_failures),
+        torch_config=TorchConfig(backend="nccl" if tc.use_gpu else "gloo"),
+        scaling_config=scaling_config(tc),
+        run_config=run_config(f"{run_name}-encoder", storage_path, tc.max_failures),
         datasets={"train": refs},
         dataset_config=data_config({"train": refs}, tc.reproducible),
     )

@@ -100,14 +100,13 @@ _SPLITS: dict[tuple, object] = {}
 
 
 def _split_dataset(manifest: Manifest, split: str, n_samples: int, limit: int, *, with_ids: bool = False,
-                   fraction: float = 1.0, seed: int = 0, packed: bool = False, order_seed: int | None = None,
-                   ordered: bool = False):
+                   fraction: float = 1.0, seed: int = 0, packed: bool = False, order_seed: int | None = None):
     """A split as one phase reads it: training rows (numeric columns, block order shuffled,
     from ``order_seed`` when given, else afresh at every pass; ``packed``: one row per mixture,
     see :func:`tsd_ray.data.pack_batch`) or, ``with_ids``, evaluation rows in file order. Up to
     ``limit`` samples it is expanded once per job and held in the object store
-    (:func:`cached_dataset`'s rule); beyond, streamed in file order. ``ordered``: the held
-    blocks are listed in file order (else in the order Ray's tasks finished)."""
+    (:func:`cached_dataset`'s rule; with ``order_seed`` the held blocks are listed in file
+    order, not in the order Ray's tasks finished); beyond, streamed in file order."""
     import ray
 
     from tsd_ray.ray_utils import keep_order
@@ -122,12 +121,12 @@ def _split_dataset(manifest: Manifest, split: str, n_samples: int, limit: int, *
         return make()
     job = ray.get_runtime_context().get_job_id()
     key = (job, manifest.uri, manifest.data.get("build_key"), split, with_ids, packed, fraction,
-           seed if fraction < 1.0 else 0, ordered)
+           seed if fraction < 1.0 else 0, order_seed is not None)
     if key not in _SPLITS:  # a hit builds nothing: the held blocks are the split
         for stale in [k for k in _SPLITS if k[0] != job]:  # blocks of an earlier Ray job are gone
             del _SPLITS[stale]
         ds = make()
-        _SPLITS[key] = (keep_order(ds) if ordered else ds).materialize()
+        _SPLITS[key] = (keep_order(ds) if order_seed is not None else ds).materialize()
     return _SPLITS[key] if with_ids else _SPLITS[key].randomize_block_order(seed=order_seed)
 
 
@@ -152,16 +151,15 @@ def phase_datasets(manifest: Manifest, phase: PhaseSpec, seed: int = 0, cache_ma
 
     datasets = {
         "train": _split_dataset(manifest, phase.train_split, n_main, cache_max_samples, packed=packed,
-                                order_seed=order(phase.train_split), ordered=reproducible),
-        "val": _split_dataset(manifest, phase.val_split, n_val, cache_max_samples, with_ids=True,
-                              ordered=reproducible),
+                                order_seed=order(phase.train_split)),
+        "val": _split_dataset(manifest, phase.val_split, n_val, cache_max_samples, with_ids=True),
     }
     aux = phase.aux_split
     if aux is not None:
         _, n_aux = manifest.count(aux)
         frac = min(1.0, n_main / max(1, n_aux))
         datasets["aux"] = _split_dataset(manifest, aux, int(n_aux * frac), cache_max_samples, fraction=frac,
-                                         seed=seed, packed=packed, order_seed=order(aux), ordered=reproducible)
+                                         seed=seed, packed=packed, order_seed=order(aux))
     return datasets
 
 

@@ -404,10 +404,11 @@ class ScoreTracker:
     phase on the target domain has run (phase 4, the loop) only target-domain f scores count,
     and the last value equals the score of the final MS model (``run_ms``'s best f when
     ``method.final_student=f``). With ``method.pseudo`` off the final model is the w student,
-    whose target score takes over at phase 3. ASHA compares trials at equal ``training_iteration``, i.e. after the same phase,
-    so values on different splits are never compared with each other. With ``either``
-    (``method.final_student=best``) target-domain w scores count as well, from phase 3 on, so
-    the last value is the better student's score, again the final MS model's.
+    whose target score takes over at phase 3. ASHA compares trials at equal
+    ``training_iteration``, i.e. after the same phase, so values on different splits are never
+    compared with each other. With ``either`` (``method.final_student=best``) target-domain w
+    scores count as well, from phase 3 on, so the last value is the better student's score,
+    again the final MS model's.
     """
 
     def __init__(self, pseudo: bool = True, either: bool = False):
