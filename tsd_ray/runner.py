@@ -17,6 +17,7 @@ from tsd_ray import storage
 from tsd_ray.config import Config, TrainConfig
 from tsd_ray.data import NUMERIC_KEYS, Manifest, read_samples
 from tsd_ray.phase import PhaseSpec
+from tsd_ray.ray_utils import cluster_cpus, ensure_ray, keep_order, shuffle_seed
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +45,6 @@ def checkpoint_uri(checkpoint) -> str:
 def scaling_config(tc: TrainConfig):
     """Workers sized so Ray Data keeps CPUs on a small machine (RAY_NOTES deadlock)."""
     from ray.train import ScalingConfig
-
-    from tsd_ray.ray_utils import cluster_cpus
 
     if tc.use_gpu:
         res = {"CPU": tc.cpus_per_worker, "GPU": tc.gpus_per_worker}
@@ -85,8 +84,6 @@ def cached_dataset(ds, n_samples: int, limit: int, shuffle: bool, order_seed: in
     from ``order_seed``, else afresh at every pass); big ones: stream every epoch."""
     if n_samples > limit:
         return ds
-    from tsd_ray.ray_utils import keep_order
-
     if order_seed is not None:  # blocks listed in input order: the seed alone decides theirs
         ds = keep_order(ds)
     ds = ds.materialize()
@@ -108,8 +105,6 @@ def _split_dataset(manifest: Manifest, split: str, n_samples: int, limit: int, *
     (:func:`cached_dataset`'s rule; with ``order_seed`` the held blocks are listed in file
     order, not in the order Ray's tasks finished); beyond, streamed in file order."""
     import ray
-
-    from tsd_ray.ray_utils import keep_order
 
     packed = packed and not with_ids
 
@@ -133,8 +128,6 @@ def _split_dataset(manifest: Manifest, split: str, n_samples: int, limit: int, *
 def block_order_seed(seed: int, phase_name: str, split: str) -> int:
     """Seed of one phase's block order over one split: fixed by ``train.seed`` and the names,
     so the same phase of another run (or a restarted one) deals out the same blocks."""
-    from tsd_ray.ray_utils import shuffle_seed
-
     return shuffle_seed(seed, 0, 0, zlib.crc32(f"{phase_name}/{split}".encode()))
 
 
@@ -193,7 +186,6 @@ def run_phase(
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from tsd_ray.loop import train_loop_per_worker
-    from tsd_ray.ray_utils import ensure_ray
 
     ensure_ray()
     name = f"{run_name}-{phase.name}"
