@@ -1,20 +1,43 @@
 # Everything a fresh machine needs: `make demo` (main job) and `make test` (test suite).
+# Both install exactly requirements/dev.lock (every package, transitive ones included, at one
+# version with its hashes) into .venv, so every machine gets the same versions on every day.
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-stamp
+LOCK := requirements/dev.lock
+# The lock's universal resolution: one file for Python 3.10-3.12 (markers pick per version).
+LOCK_FLAGS := --universal --python-version 3.10 --generate-hashes --custom-compile-command 'make lock'
 # Ray's temp/log dirs stay out of the repo.
 export RAY_USAGE_STATS_ENABLED ?= 0
 
-.PHONY: install demo test test-fast lint bench clean
+.PHONY: install lock lock-upgrade demo test test-fast lint bench clean
 
-$(STAMP): pyproject.toml
+# A new lock means a new venv: nothing from an earlier install survives beside the lock.
+$(VENV)/.lock-stamp: $(LOCK)
+	rm -rf $(VENV)
 	$(PY) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test,bench,dev]'
-	touch $(STAMP)
+	$(BIN)/python -m pip install --quiet --require-hashes -r $(LOCK)
+	$(BIN)/python -c "import hashlib, json, pathlib; p = pathlib.Path('$(LOCK)'); \
+	json.dump({'file': p.as_posix(), 'sha256': hashlib.sha256(p.read_bytes()).hexdigest()}, \
+	open('$(VENV)/tsd_ray-lock.json', 'w'))"
+	touch $@
 
-install: $(STAMP)
+$(VENV)/.installed-stamp: $(VENV)/.lock-stamp pyproject.toml
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(BIN)/python -m pip check
+	touch $@
+
+install: $(VENV)/.installed-stamp  ## exactly the lock, then tsd_ray itself (editable)
+
+# Re-resolve the locks after editing dependencies in pyproject.toml: current pins are kept
+# where they still fit; `make lock-upgrade` moves every package to its newest allowed release.
+# Then run `make test` (the install check fails in seconds if the new set does not load).
+lock: install
+	$(BIN)/uv pip compile pyproject.toml requirements/build.in --all-extras $(LOCK_FLAGS) $(UPGRADE) -o $(LOCK)
+	$(BIN)/uv pip compile pyproject.toml requirements/build.in --extra cluster $(LOCK_FLAGS) -c $(LOCK) -o requirements/runtime.lock
+
+lock-upgrade:
+	$(MAKE) lock UPGRADE=--upgrade
 
 demo: install  ## demo corpus -> features -> SS, WS, MS (Algorithm 1) -> Table 1
 	$(BIN)/python jobs/iterate.py --config demo
