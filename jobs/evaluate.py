@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     cfg = config_from_args(args)
 
-    from tsd_ray import storage
+    from tsd_ray import environment, storage
     from tsd_ray.checkpoint import CheckpointError, load_payload
     from tsd_ray.data import load_manifest
     from tsd_ray.predict import evaluate_model
@@ -48,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     val_split = args.val_split or ("source_val" if args.split.startswith("source") else "target_val")
     res = evaluate_model(model, load_manifest(features), embeddings, cfg.eval, split=args.split, val_split=val_split)
     out = args.out or os.path.dirname(storage.expand(model))
+    res["environment"] = environment.describe()
     write_evaluation(res, out)
     print(json.dumps({k: res[k] for k in ("split", "segment_f", "event_f", "postprocessing")}, indent=2))
     return 0

@@ -91,8 +91,11 @@ def test_setup_installs_tsd_ray_with_the_local_ray_version():
     import ray
 
     setup = "\n".join(_prepared()["worker_setup_commands"])
-    assert "pip install" in setup and "-e ~/tsd_ray" in setup
-    assert f"ray[default,train,tune,data]=={ray.__version__}" in setup
+    assert "--require-hashes -r ~/tsd_ray/requirements/runtime.lock" in setup
+    assert "--no-deps --no-build-isolation -e ~/tsd_ray" in setup
+    lock = (REPO / "requirements" / "runtime.lock").read_text()
+    assert f"\nray=={ray.__version__} " in lock  # the cluster's Ray is the local one
+    assert "\nboto3==" in lock  # the autoscaler's AWS node provider
     assert _raw()["file_mounts"]["~/tsd_ray"] == "."
     assert ".gitignore" in _raw()["rsync_filter"]  # no .venv / data shipped
 

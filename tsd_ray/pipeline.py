@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from tsd_ray import storage
+from tsd_ray import environment, storage
 from tsd_ray.config import Config, MethodConfig, dump_config, to_dict
 from tsd_ray.data import Manifest, load_manifest
 from tsd_ray.ledger import Ledger
@@ -102,6 +102,9 @@ class Run:
         self.manifest = manifest
         self.ledger = Ledger.open(self.dir, result_digest(cfg))
         self.embeddings: str | None = None
+        self.environment = environment.describe()
+        environment.record(self.dir, self.environment)
+        self.env_digest = environment.digest(self.environment)
 
     def step(self, name: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         """Run ``fn`` unless the ledger has ``name``; record its result."""
@@ -112,6 +115,7 @@ class Run:
         t0 = time.time()
         info = fn()
         info["seconds"] = round(time.time() - t0, 1)
+        info["environment"] = self.env_digest  # which environment.json entry produced it
         entry = self.ledger.record(name, **info)
         say(f"done {name} in {info['seconds']:.0f} s")
         return entry
@@ -312,6 +316,8 @@ def run_all(cfg: Config, *, storage_override: str | None = None, ablations: bool
         "percentage_of_length": cfg.eval.percentage_of_length, "run": cfg.run.name,
         "features": manifest.uri, "split": "target_test", "seed": cfg.train.seed,
     }
+    results["environment"] = {**run.environment, "digest": run.env_digest,
+                              "steps_by_environment": _steps_by_environment(run)}
     out = write_report(results, run.dir, title=f"tsd_ray run '{cfg.run.name}'")
     print(format_table1(results), flush=True)
     say(f"report: {storage.join(run.dir, 'report.md')}")
@@ -320,6 +326,14 @@ def run_all(cfg: Config, *, storage_override: str | None = None, ablations: bool
 
 def _scores(ev: dict) -> dict:
     return {"segment_f": round(float(ev["segment_f"]), 2), "event_f": round(float(ev["event_f"]), 2)}
+
+
+def _steps_by_environment(run: Run) -> dict[str, list[str]]:
+    """``{environment digest: [ledger steps]}``: more than one key means a mixed-environment run."""
+    out: dict[str, list[str]] = {}
+    for name, entry in run.ledger.steps.items():
+        out.setdefault(entry.get("environment", "unrecorded"), []).append(name)
+    return out
 
 
 def _has_target_strong(run: Run) -> bool:

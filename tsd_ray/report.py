@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from tsd_ray import storage
+from tsd_ray import environment, storage
 
 METHODS: dict[str, str] = {
     "SS": "SS (f student, strong target labels: upper bound)",
@@ -272,7 +272,19 @@ def format_report(results: Mapping[str, Any], *, title: str) -> str:
         per_class = results.get(key, {}).get("per_class") if key in results else None
         if per_class:
             parts += [f"## Per-class scores: {key}", format_per_class_table(per_class)]
+    if results.get("environment"):
+        parts += ["## Environment", format_environment(results["environment"])]
     return "\n\n".join(parts) + "\n"
+
+
+def format_environment(env: Mapping[str, Any]) -> str:
+    """The environment lines, and a warning when the run's steps come from several environments."""
+    text = environment.format_markdown(env)
+    by_env = env.get("steps_by_environment") or {}
+    if len(by_env) > 1:
+        text += (f"\n\n**This run's steps were made in {len(by_env)} environments** (see `environment.json`): "
+                 + "; ".join(f"`{d}`: {', '.join(steps)}" for d, steps in by_env.items()))
+    return text
 
 
 def write_report(results: Mapping[str, Any], out_dir: Any, *, title: str) -> dict[str, str]:
@@ -329,6 +341,8 @@ def format_evaluation(res: Mapping[str, Any], *, title: str | None = None) -> st
         parts += ["## Per-class scores", format_per_class_table(res["per_class"])]
     if res.get("tuning"):
         parts += ["## Validation grid", format_tuning_table(res["tuning"])]
+    if res.get("environment"):
+        parts += ["## Environment", format_environment(res["environment"])]
     return "\n\n".join(parts) + "\n"
 
 
