@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
 import factory
+import pyarrow.parquet as pq
 import pytest
 import yaml
 
@@ -20,7 +22,8 @@ from tsd_ray.corpora import (
     read_references,
     read_urbansed,
 )
-from tsd_ray.types import SPLITS, Event
+from tsd_ray.corpora.spec import carve_source_val
+from tsd_ray.types import SPLITS, Event, MixtureRecord
 
 FAST = {"seconds": 0.1, "sr": 8000}  # readers never decode audio: keep the files tiny
 
@@ -508,3 +511,199 @@ def test_load_spec_missing_or_invalid_file(tmp_path):
     bad.write_text("splits: [unclosed\n")
     with pytest.raises(SpecError, match=r"bad\.yaml' is not valid YAML"):
         load_spec(bad)
+
+
+# --------------------------------------------------------------------------------------------
+# A spec without source_val: carved from source_train (seeded, file-disjoint)
+# --------------------------------------------------------------------------------------------
+
+#: Extra URBAN-SED training soundscapes, so that carve-outs of different seeds can differ.
+EXTRA_TRAIN_FILES = {
+    f"soundscape_train_extra{i:02d}": (
+        ("0.500", "2.000", ("dog_bark", "siren", "car_horn")[i % 3]),
+    )
+    for i in range(20)
+}
+
+
+def _spec_without_source_val(tmp_path, n_extra: int = 20, audio=FAST, **top_level) -> Path:
+    """The all-roles fixture with source_val left out (3 + ``n_extra`` source_train files).
+
+    ``audio``: seconds and sample rate of the written files (tiny unless features are built).
+    """
+    path = factory.write_spec_fixture(tmp_path, **audio)
+    extra = dict(list(EXTRA_TRAIN_FILES.items())[:n_extra])
+    factory.write_urbansed_fixture(tmp_path / "URBAN-SED", "train", extra, **audio)
+    data = _spec_data(path)
+    del data["splits"]["source_val"]
+    data.update(top_level)
+    return _write(path, data)
+
+
+def _all_source_train(tmp_path):
+    records, _ = read_urbansed(
+        tmp_path / "URBAN-SED" / "audio" / "train",
+        tmp_path / "URBAN-SED" / "annotations" / "train",
+        split="source_train",
+        domain="source",
+    )
+    return _by_id(records)
+
+
+def _carved_ids(path) -> list[str]:
+    return [r.mixture_id for r in read_corpus(load_spec(path)).mixtures["source_val"]]
+
+
+def test_spec_without_source_val_carves_a_file_disjoint_part_of_source_train(tmp_path):
+    path = _spec_without_source_val(tmp_path)
+    spec = load_spec(path)
+    assert spec.carves_source_val and "source_val" not in spec.splits
+    assert (spec.source_val_fraction, spec.source_val_seed) == (0.15, 0)  # the defaults
+    assert spec.to_dict()["source_val_fraction"] == 0.15
+    corpus = read_corpus(spec)
+    assert tuple(corpus.mixtures) == SPLITS
+    train, val = corpus.mixtures["source_train"], corpus.mixtures["source_val"]
+    assert len(val) == 3 and len(train) == 20  # round(0.15 * 23)
+    assert all(r.split == "source_val" and r.domain == "source" for r in val)
+    assert all(r.split == "source_train" for r in train)
+    # whole files: disjoint, the union is the original source_train, events unchanged
+    train_paths, val_paths = {r.audio_path for r in train}, {r.audio_path for r in val}
+    assert train_paths.isdisjoint(val_paths)
+    original = _all_source_train(tmp_path)
+    assert {r.mixture_id for r in train} | {r.mixture_id for r in val} == set(original)
+    for r in train + val:
+        assert (r.audio_path, r.events) == (
+            original[r.mixture_id].audio_path,
+            original[r.mixture_id].events,
+        )
+    # visible: a note names the settings and the carved files
+    (note,) = corpus.notes
+    assert "splits.source_val: not in the spec; carved 3 of 23 source_train audio files" in note
+    assert "source_val_fraction 0.15, source_val_seed 0" in note
+    assert all(r.mixture_id in note for r in val)
+
+
+def test_source_val_carve_out_is_seeded(tmp_path):
+    a = _carved_ids(_spec_without_source_val(tmp_path / "a", source_val_seed=7))
+    b = _carved_ids(_spec_without_source_val(tmp_path / "b", source_val_seed=7))
+    c = _carved_ids(_spec_without_source_val(tmp_path / "c", source_val_seed=8))
+    assert a == b  # same seed (another folder): same files
+    assert a != c and len(a) == len(c)  # another seed: another split of the same size
+    d = _carved_ids(_spec_without_source_val(tmp_path / "d", source_val_fraction=0.5))
+    assert len(d) == 12  # round(0.5 * 23), half up
+
+
+def test_carve_source_val_ignores_input_order_and_keeps_files_whole(tmp_path):
+    def rec(name, label):
+        return MixtureRecord(
+            name, f"/corpus/{name}", "source_train", "source", (Event(0.0, 1.0, label),)
+        )
+
+    records = [rec(f"f{i:02d}.wav", "dog") for i in range(10)]
+    # two records of one audio file (as a reader could give): they move together
+    records.append(dataclasses.replace(records[3], mixture_id="f03_again.wav"))
+    shuffled = list(reversed(records))
+    train, val = carve_source_val(records, fraction=0.3, seed=1)
+    assert (train, val) == carve_source_val(shuffled, fraction=0.3, seed=1)
+    assert len({r.audio_path for r in val}) == 3  # round(0.3 * 10 files)
+    assert {r.audio_path for r in train}.isdisjoint({r.audio_path for r in val})
+    assert sorted(r.mixture_id for r in train + val) == sorted(r.mixture_id for r in records)
+    f03 = {r.split for r in train + val if r.audio_path == "/corpus/f03.wav"}
+    assert len(f03) == 1
+    # at least one file on each side, whatever the fraction
+    two = records[:2]
+    for fraction in (0.01, 0.5):
+        tr, va = carve_source_val(two, fraction=fraction, seed=0)
+        assert (len(tr), len(va)) == (1, 1)
+    with pytest.raises(ValueError, match="1 audio file"):
+        carve_source_val(records[:1], fraction=0.15, seed=0)
+
+
+@pytest.mark.parametrize("fraction", [0, 0.0, 0.6, 1, -0.1, "0.2", True, None])
+def test_spec_error_bad_source_val_fraction(tmp_path, fraction):
+    path = _spec_without_source_val(tmp_path, n_extra=0, source_val_fraction=fraction)
+    with pytest.raises(SpecError) as err:
+        load_spec(path)
+    text = str(err.value)
+    assert str(path) in text
+    assert "source_val_fraction: expected a number in (0, 0.5]" in text
+    assert repr(fraction) in text
+
+
+@pytest.mark.parametrize("seed", [1.5, "0", True])
+def test_spec_error_bad_source_val_seed(tmp_path, seed):
+    path = _spec_without_source_val(tmp_path, n_extra=0, source_val_seed=seed)
+    with pytest.raises(SpecError, match=r"source_val_seed: expected an integer"):
+        load_spec(path)
+
+
+def test_spec_error_carve_settings_beside_an_explicit_source_val(tmp_path):
+    path = factory.write_spec_fixture(tmp_path, source_val_fraction=0.2, source_val_seed=3, **FAST)
+    with pytest.raises(SpecError) as err:
+        load_spec(path)
+    text = str(err.value)
+    assert "source_val_fraction: only used when splits.source_val is absent" in text
+    assert "source_val_seed: only used when splits.source_val is absent" in text
+
+
+def test_spec_error_too_few_source_train_files_to_carve(tmp_path):
+    path = _spec_without_source_val(tmp_path, n_extra=0)
+    for stem in ("soundscape_train_bimodal1", "soundscape_train_uniform2"):
+        (tmp_path / "URBAN-SED" / "audio" / "train" / f"{stem}.wav").unlink()
+    with pytest.raises(SpecError) as err:
+        read_corpus(load_spec(path))
+    text = str(err.value)
+    assert "splits.source_train: 1 audio file(s)" in text and "(2 quarantined)" in text
+    assert "add a splits.source_val entry" in text
+
+
+def test_spec_with_explicit_source_val_is_unchanged(tmp_path):
+    spec = load_spec(factory.write_spec_fixture(tmp_path, **FAST))
+    assert not spec.carves_source_val
+    assert (spec.source_val_fraction, spec.source_val_seed) == (None, None)
+    corpus = read_corpus(spec)
+    assert {r.mixture_id for r in corpus.mixtures["source_val"]} == {
+        f"{stem}.wav" for stem in factory.URBANSED_VALIDATE_FILES
+    }
+    assert len(corpus.mixtures["source_train"]) == 3 and corpus.notes == ()
+
+
+def test_carved_source_val_changes_the_build_key_and_is_recorded_by_the_build(tmp_path):
+    from tsd_ray.build import build_features, build_key, plan_build
+    from tsd_ray.config import BuildConfig, FrontendConfig, SamplesConfig
+
+    samples, build_cfg = SamplesConfig(), BuildConfig(rows_per_shard=50)
+    front = FrontendConfig(device="cpu")
+
+    def key(path):
+        shards, _ = plan_build(read_corpus(load_spec(path)), samples, build_cfg)
+        return build_key(shards, front, samples)
+
+    seed0 = _spec_without_source_val(tmp_path / "a")
+    seed1 = _spec_without_source_val(tmp_path / "b", source_val_seed=1)
+    assert key(seed0) != key(seed1)  # features of another carve-out are other features
+
+    # 10-s clips (the labels' length) at 8 kHz, so that the build keeps every file
+    small = _spec_without_source_val(tmp_path / "c", n_extra=0, audio={"seconds": 10.0, "sr": 8000})
+    corpus = read_corpus(load_spec(small))
+    out = tmp_path / "features"
+    build_features(
+        corpus,
+        str(out),
+        frontend=front,
+        samples_cfg=samples,
+        build_cfg=build_cfg,
+        use_ray=False,
+        spec_path=str(small),
+    )
+    manifest = yaml.safe_load((out / "manifest.json").read_text())  # JSON is YAML
+    assert manifest["notes"] == list(corpus.notes)
+    assert "source_val_fraction 0.15, source_val_seed 0" in manifest["notes"][0]
+    assert manifest["quarantined"] == 0
+    assert manifest["splits"]["source_val"]["mixtures"] == 1
+    assert manifest["splits"]["source_train"]["mixtures"] == 2
+    (part,) = manifest["splits"]["source_val"]["files"]
+    rows = pq.read_table(out / part, columns=["mixture_id", "split"]).to_pylist()
+    assert rows == [
+        {"mixture_id": r.mixture_id, "split": "source_val"} for r in corpus.mixtures["source_val"]
+    ]

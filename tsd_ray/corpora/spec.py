@@ -9,6 +9,8 @@ The spec is the contract between whoever lays out a corpus on disk and the featu
     source_classes: [dog_bark, siren]     # optional: default = labels found in source splits
     target_classes: [Dog, Speech]         # optional: default = labels found in target splits
     unknown_labels: quarantine            # quarantine | ignore
+    source_val_fraction: 0.15             # optional: only without splits.source_val
+    source_val_seed: 0                    # optional: only without splits.source_val
     splits:
       source_train: {format: urbansed, audio: URBAN-SED/audio/train,
                      annotations: URBAN-SED/annotations/train}
@@ -19,13 +21,16 @@ The spec is the contract between whoever lays out a corpus on disk and the featu
 exist) before anything is read and raises one :class:`SpecError` listing every problem with
 the spec file, the key and the fix. :func:`read_corpus` then reads every split, quarantines
 bad items, derives class sets and checks the corpus as a whole (references for every class,
-no audio file shared between splits).
+no audio file shared between splits). A spec without ``splits.source_val`` gets one carved
+from source_train: a seeded, file-disjoint fraction of its files (:func:`carve_source_val`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
+import math
 import os
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -63,10 +68,24 @@ TOP_LEVEL_KEYS: tuple[str, ...] = (
     "source_classes",
     "target_classes",
     "unknown_labels",
+    "source_val_fraction",
+    "source_val_seed",
     "splits",
     "references",
 )
 UNKNOWN_LABEL_MODES: tuple[str, ...] = ("quarantine", "ignore")
+#: The split that may be left out of a spec: it is then carved from CARVED_FROM.
+CARVED_SPLIT = "source_val"
+CARVED_FROM = "source_train"
+#: Defaults of the carve-out (a spec without splits.source_val).
+DEFAULT_SOURCE_VAL_FRACTION = 0.15
+DEFAULT_SOURCE_VAL_SEED = 0
+#: Allowed carve-out fractions: (0, MAX_SOURCE_VAL_FRACTION].
+MAX_SOURCE_VAL_FRACTION = 0.5
+#: Splits a spec must list (source_val may be carved from source_train instead).
+REQUIRED_SPLITS: tuple[str, ...] = tuple(s for s in SPLITS if s != CARVED_SPLIT)
+#: Carved files named in the corpus note (all of them are logged at info level).
+_NOTE_FILES = 5
 
 #: format -> (required keys, optional keys) besides ``format`` itself.
 FORMAT_KEYS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
@@ -121,6 +140,14 @@ class DatasetSpec:
     source_classes: tuple[str, ...] | None = None
     target_classes: tuple[str, ...] | None = None
     unknown_labels: str = "quarantine"  # quarantine | ignore
+    # Carve-out of source_val from source_train; both None when the spec lists source_val.
+    source_val_fraction: float | None = None  # fraction of source_train's files, in (0, 0.5]
+    source_val_seed: int | None = None  # seed of the file permutation
+
+    @property
+    def carves_source_val(self) -> bool:
+        """True when source_val is not in the spec and is carved from source_train."""
+        return CARVED_SPLIT not in self.splits
 
     def to_dict(self) -> dict[str, Any]:
         """Plain, YAML/JSON-safe dict of the resolved spec (e.g. to record with a build)."""
@@ -319,14 +346,15 @@ def spec_from_dict(data: Any, *, path: str | os.PathLike[str]) -> DatasetSpec:
     splits: dict[str, SplitSpec] = {}
     if not isinstance(splits_data, dict):
         problems.append(
-            f"splits: expected a mapping of split entries ({', '.join(SPLITS)}, optional "
-            f"{TARGET_TRAIN_STRONG}), got {splits_data!r}"
+            f"splits: expected a mapping of split entries ({', '.join(REQUIRED_SPLITS)}, "
+            f"optional {CARVED_SPLIT} and {TARGET_TRAIN_STRONG}), got {splits_data!r}"
         )
         splits_data = {}
     for k in sorted(set(splits_data) - set(SPLIT_ROLES)):
         hint = " (the reference pool is the top-level key 'references')" if k == REFERENCES else ""
         problems.append(f"splits.{k}: unknown split{hint}; valid splits: {', '.join(SPLIT_ROLES)}")
-    for role in SPLITS:
+    fraction, seed = _carve_settings(data, carve=CARVED_SPLIT not in splits_data, problems=problems)
+    for role in REQUIRED_SPLITS:
         if role not in splits_data:
             problems.append(
                 f"splits.{role}: required split is missing; add an entry such as "
@@ -371,16 +399,57 @@ def spec_from_dict(data: Any, *, path: str | os.PathLike[str]) -> DatasetSpec:
         source_classes=source_classes,
         target_classes=target_classes,
         unknown_labels=mode,
+        source_val_fraction=fraction,
+        source_val_seed=seed,
     )
+
+
+def _carve_settings(
+    data: dict[str, Any], *, carve: bool, problems: list[str]
+) -> tuple[float | None, int | None]:
+    """Check ``source_val_fraction`` / ``source_val_seed``; their values when carving, else None.
+
+    With an explicit ``splits.source_val`` the two keys have no meaning and are errors (rather
+    than silently ignored); without it they default to 0.15 and 0 and are checked.
+    """
+    given = [k for k in ("source_val_fraction", "source_val_seed") if k in data]
+    if not carve:
+        for k in given:
+            problems.append(
+                f"{k}: only used when splits.{CARVED_SPLIT} is absent (source_val is then carved "
+                f"from {CARVED_FROM}); remove {k} or remove splits.{CARVED_SPLIT}"
+            )
+        return None, None
+    fraction = data.get("source_val_fraction", DEFAULT_SOURCE_VAL_FRACTION)
+    if (
+        isinstance(fraction, bool)
+        or not isinstance(fraction, (int, float))
+        or not 0.0 < fraction <= MAX_SOURCE_VAL_FRACTION
+    ):
+        problems.append(
+            f"source_val_fraction: expected a number in (0, {MAX_SOURCE_VAL_FRACTION}] (the "
+            f"fraction of {CARVED_FROM}'s audio files carved out as {CARVED_SPLIT}), got "
+            f"{fraction!r}; e.g. source_val_fraction: {DEFAULT_SOURCE_VAL_FRACTION}"
+        )
+        fraction = DEFAULT_SOURCE_VAL_FRACTION
+    seed = data.get("source_val_seed", DEFAULT_SOURCE_VAL_SEED)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        problems.append(
+            f"source_val_seed: expected an integer (the seed of the {CARVED_SPLIT} carve-out), "
+            f"got {seed!r}; e.g. source_val_seed: {DEFAULT_SOURCE_VAL_SEED}"
+        )
+        seed = DEFAULT_SOURCE_VAL_SEED
+    return float(fraction), seed
 
 
 def load_spec(path: str | os.PathLike[str]) -> DatasetSpec:
     """Read and check a dataset spec YAML; nothing of the corpus is read yet.
 
     Raises :class:`SpecError` naming the spec file, every bad key and the fix: unknown keys or
-    formats, missing required splits (source_train, source_val, target_train, target_val,
-    target_test, references), label files or folders that do not exist, a weak format where
-    onset/offset labels are needed.
+    formats, missing required splits (source_train, target_train, target_val, target_test,
+    references; source_val is optional and carved from source_train when absent), a bad
+    ``source_val_fraction`` / ``source_val_seed``, label files or folders that do not exist, a
+    weak format where onset/offset labels are needed.
     """
     spec_path = os.path.abspath(os.path.expanduser(str(path)))
     if not os.path.isfile(spec_path):
@@ -504,11 +573,81 @@ def _check_shared_files(spec: DatasetSpec, raw: dict[str, list[MixtureRecord]]) 
         )
 
 
+def carve_source_val(
+    records: Iterable[MixtureRecord], *, fraction: float, seed: int
+) -> tuple[list[MixtureRecord], list[MixtureRecord]]:
+    """Split source_train records into (source_train, source_val) by whole audio files.
+
+    Files are ordered by the SHA-256 of ``"{seed}:{file name}"`` (the file name is the
+    record's ``mixture_id``, its path relative to the split's audio folder), which is a
+    seeded permutation of the sorted names: the result does not depend on the order of the
+    label file nor on where the corpus lives. The first ``round(fraction * n_files)`` files,
+    at least 1 and at most ``n_files - 1``, become source_val (their records get
+    ``split="source_val"``); records of one audio file always stay together, so no file's
+    events end up in both parts. Both lists are sorted by ``mixture_id``.
+
+    Raises ``ValueError`` when there are fewer than 2 audio files or ``fraction`` is not in
+    (0, 1).
+    """
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"fraction must be in (0, 1), got {fraction!r}")
+    files: dict[str, list[MixtureRecord]] = {}
+    for r in records:
+        files.setdefault(_canonical(r.audio_path), []).append(r)
+    n = len(files)
+    if n < 2:
+        raise ValueError(f"{n} audio file(s); carving a validation split needs at least 2")
+    names = {key: min(r.mixture_id for r in group) for key, group in files.items()}
+
+    def rank(key: str) -> tuple[str, str]:
+        name = names[key]
+        return hashlib.sha256(f"{seed}:{name}".encode()).hexdigest(), name
+
+    order = sorted(files, key=rank)  # rank ends with the name: no ties
+    n_val = min(n - 1, max(1, math.floor(fraction * n + 0.5)))
+    train = [r for key in order[n_val:] for r in files[key]]
+    val = [dataclasses.replace(r, split=CARVED_SPLIT) for key in order[:n_val] for r in files[key]]
+    return sorted(train, key=lambda r: r.mixture_id), sorted(val, key=lambda r: r.mixture_id)
+
+
 def _classes_found(records: Iterable[MixtureRecord]) -> set[str]:
     found: set[str] = set()
     for r in records:
         found |= _labels_of(r)
     return found
+
+
+def _carve(
+    spec: DatasetSpec,
+    records: list[MixtureRecord],
+    quarantined: list[Quarantined],
+    note: Callable[[str], None],
+) -> tuple[list[MixtureRecord], list[MixtureRecord]]:
+    """Carve source_val from ``records`` (source_train) with the spec's settings; notes it."""
+    assert spec.source_val_fraction is not None and spec.source_val_seed is not None
+    try:
+        train, val = carve_source_val(
+            records, fraction=spec.source_val_fraction, seed=spec.source_val_seed
+        )
+    except ValueError as exc:
+        n_bad = sum(1 for q in quarantined if q.split == CARVED_FROM)
+        raise SpecError(
+            f"dataset spec '{spec.path}': splits.{CARVED_FROM}: {exc} ({n_bad} quarantined); "
+            f"splits.{CARVED_SPLIT} is not in the spec, so it is carved from {CARVED_FROM}: "
+            f"add usable files to {CARVED_FROM} or add a splits.{CARVED_SPLIT} entry"
+        ) from exc
+    carved = sorted({r.mixture_id for r in val})
+    n_val = len({_canonical(r.audio_path) for r in val})
+    n_files = len({_canonical(r.audio_path) for r in records})
+    shown = ", ".join(carved[:_NOTE_FILES])
+    more = f" and {len(carved) - _NOTE_FILES} more" if len(carved) > _NOTE_FILES else ""
+    note(
+        f"splits.{CARVED_SPLIT}: not in the spec; carved {n_val} of {n_files} "
+        f"{CARVED_FROM} audio files (source_val_fraction {spec.source_val_fraction}, "
+        f"source_val_seed {spec.source_val_seed}; whole files, file-disjoint): {shown}{more}"
+    )
+    logger.info("splits.%s carved from %s: %s", CARVED_SPLIT, CARVED_FROM, ", ".join(carved))
+    return train, val
 
 
 def read_corpus(spec: DatasetSpec, *, log: Callable[[str], None] | None = None) -> Corpus:
@@ -520,8 +659,14 @@ def read_corpus(spec: DatasetSpec, *, log: Callable[[str], None] | None = None) 
       or is dropped from it with a per-split count in ``Corpus.notes`` (``ignore``).
     - ``target_train_strong`` events are attached to the target_train records of the same
       filename (weak labels stay the weak ones); ``as_weak`` derives weak labels from events.
+    - Without ``splits.source_val`` in the spec, source_val is carved from the usable
+      source_train records (after quarantine and class filtering) by
+      :func:`carve_source_val` with the spec's ``source_val_fraction`` / ``source_val_seed``;
+      a note names the parameters and the carved files (all of them are logged at info level
+      and are ``Corpus.mixtures["source_val"]``).
     - Raises :class:`SpecError` when an audio file is used by two splits, a required split has
-      no usable record, or a class has no reference clip.
+      no usable record (or source_train has fewer than 2 files to carve source_val from), or
+      a class has no reference clip.
 
     ``log``: called with each note (default: ``logging`` at warning level).
     """
@@ -607,6 +752,10 @@ def read_corpus(spec: DatasetSpec, *, log: Callable[[str], None] | None = None) 
             kept[role] = [
                 dataclasses.replace(r, weak_labels=derive_weak(r.events or ())) for r in kept[role]
             ]
+
+    if spec.carves_source_val:
+        train, val = _carve(spec, kept.get(CARVED_FROM, []), quarantined, note)
+        kept[CARVED_FROM], kept[CARVED_SPLIT] = train, val
 
     for role in SPLITS:
         if not kept.get(role):
