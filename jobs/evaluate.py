@@ -15,6 +15,38 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from tsd_ray.cli import add_config_args, config_from_args, setup_logging  # noqa: E402
 
 
+def choose_val_split(split: str, val_split: str | None) -> tuple[str, str | None]:
+    """The split to tune post-processing on, and why it cannot be used (None: it can).
+
+    Default: the validation split of ``split``'s domain. Refused: a val split equal to
+    ``split`` (the threshold and median filter would be tuned on the very scores they report;
+    also the default when ``split`` is itself the domain's val split) and a split of the other
+    domain (its samples hold the other domain's classes, so nothing on it says how the scored
+    classes should be post-processed).
+    """
+    from tsd_ray.types import SPLIT_DOMAIN
+
+    known = ", ".join(SPLIT_DOMAIN)
+    if split not in SPLIT_DOMAIN:
+        return "", f"--split {split!r} is not a split (one of {known}); fix --split (and --val-split)"
+    domain = SPLIT_DOMAIN[split]
+    default = f"{domain}_val"
+    if val_split is not None and val_split not in SPLIT_DOMAIN:
+        return "", (f"--val-split {val_split!r} is not a split (one of {known}); fix --val-split "
+                    f"(or leave it out for {default}) for --split {split}")
+    chosen = val_split or default
+    other = default if split != default else f"{domain}_train"
+    if chosen == split:
+        given = f"--val-split {chosen}" if val_split else f"--val-split (default {chosen})"
+        return "", (f"{given} is the --split being scored: the post-processing would be tuned on the "
+                    f"scores it reports; pass --val-split {other}, or score another --split")
+    if SPLIT_DOMAIN[chosen] != domain:
+        return "", (f"--val-split {chosen} is a {SPLIT_DOMAIN[chosen]}-domain split but --split {split} is "
+                    f"{domain}-domain: its classes are not the scored ones; pass --val-split {other} "
+                    "(or leave it out)")
+    return chosen, None
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="student model file (model.pt) or its checkpoint folder")
@@ -25,6 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", help="folder for evaluation.json / evaluation.md (default: beside the checkpoint)")
     add_config_args(p)
     args = p.parse_args(argv)
+    val_split, problem = choose_val_split(args.split, args.val_split)
+    if problem:  # before anything is loaded: no checkpoint or features needed to refuse
+        sys.exit(f"error: {problem}")
     setup_logging()
     cfg = config_from_args(args)
 
@@ -45,7 +80,6 @@ def main(argv: list[str] | None = None) -> int:
     embeddings = args.embeddings or meta.get("embeddings")
     if not features or not embeddings:
         sys.exit("error: the checkpoint does not record its features/embeddings; pass --features and --embeddings")
-    val_split = args.val_split or ("source_val" if args.split.startswith("source") else "target_val")
     res = evaluate_model(model, load_manifest(features), embeddings, cfg.eval, split=args.split, val_split=val_split)
     out = args.out or os.path.dirname(storage.expand(model))
     res["environment"] = environment.describe()

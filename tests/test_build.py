@@ -202,3 +202,64 @@ def test_ray_data_build_equals_serial_and_round_trips(tmp_path, ray_local):
     assert {r["sample_id"] for r in ev} == {
         s for b in data.iter_local(str(tmp_path / "ray"), "target_test") for s in b["sample_id"]
     }
+
+
+def test_fixed_references_are_drawn_among_references_that_survived_the_audio_check(tmp_path):
+    """A reference quarantined by the build (here: silent) is never a val/test sample's fixed
+    reference, and reading the splits finds every fixed reference in the table."""
+    from tsd_ray.build import plan_build
+
+    corpus = make_corpus(tmp_path / "c")
+    plans, _ = plan_build(corpus, SamplesConfig(seed=0), BuildConfig(rows_per_shard=2))
+    planned = [s[3] for p in plans if p.split in ("target_val", "target_test") for it in p.items for s in it["samples"]]
+    victim = sorted(set(planned))[0]  # a reference the plan gives to some sample
+    ref = next(r for r in corpus.references if r.reference_id == victim)
+    sf.write(ref.audio_path, np.zeros(int(1.5 * SR), dtype=np.float32), SR)  # silent: quarantined
+    res = _build(corpus, tmp_path / "f", use_ray=False)
+    assert [os.path.basename(q.item) for q in res.quarantined] == [victim]
+    m = data.load_manifest(str(tmp_path / "f"))
+    table = data.reference_ids(m)
+    assert victim not in table
+    for split in ("source_val", "target_val", "target_test"):
+        t = data.read_mixture_table(m, split)
+        refs = [r for row in t.column("sample_reference_ids").to_pylist() for r in row]
+        targets = [c for row in t.column("sample_targets").to_pylist() for c in row]
+        assert refs and all(r in table for r in refs), split
+        labels = {r.reference_id: r.label for r in corpus.references}
+        assert all(labels[r] == c for r, c in zip(refs, targets))  # still a reference of its class
+        batches = list(data.iter_local(m, split))  # no KeyError
+        assert all((b["ref_idx"] >= 0).all() for b in batches)
+    # a class whose every reference was dropped cannot be given a fixed reference: a clear error
+    other = next(r for r in corpus.references if r.label == ref.label and r.reference_id != victim)
+    sf.write(other.audio_path, np.zeros(int(1.5 * SR), dtype=np.float32), SR)
+    with pytest.raises(BuildError, match=f"every reference clip of class '{ref.label}'"):
+        _build(corpus, tmp_path / "f2", use_ray=False)
+
+
+def test_clip_label_follows_the_events_left_after_the_crop(tmp_path):
+    """A file up to clip_seconds + max_overhang_seconds is cropped to clip_seconds: a target
+    whose only event lies in the cropped tail is a negative of the kept audio."""
+    corpus = make_corpus(tmp_path / "c", n_per_split=1)
+    rng = np.random.default_rng(1)
+    wave = 0.01 * rng.standard_normal(int(10.4 * SR)).astype(np.float32)  # 10.4 s: accepted, cropped
+    wave[2 * SR : int(3.5 * SR)] += _tone(1.5, 2100, rng)
+    wave[int(10.1 * SR) : int(10.35 * SR)] += _tone(0.25, 1400, rng)
+    events = (Event(2.0, 3.5, "t2"), Event(10.1, 10.35, "t1"))
+    path = tmp_path / "c" / "long.wav"
+    sf.write(path, wave, SR, subtype="PCM_16")
+    mixtures = dict(corpus.mixtures)
+    for split in ("target_val", "target_train"):
+        weak = ("t1", "t2") if split == "target_train" else None
+        mixtures[split] = (*mixtures[split], MixtureRecord("long.wav", str(path), split, "target", events, weak))
+    corpus = Corpus(mixtures=mixtures, references=corpus.references,
+                    source_classes=corpus.source_classes, target_classes=corpus.target_classes)
+    res = _build(corpus, tmp_path / "f", use_ray=False)
+    assert res.quarantined == ()
+    m = data.load_manifest(str(tmp_path / "f"))
+    for split in ("target_val", "target_train"):
+        got = {}
+        for b in data.iter_local(m, split):
+            for sid, clip, y in zip(b["sample_id"], b["clip_label"], b["frame_labels"]):
+                got[str(sid)] = (float(clip), float(y.sum()))
+        assert got["long.wav#t2"][0] == 1.0 and got["long.wav#t2"][1] > 0, split
+        assert got["long.wav#t1"] == (0.0, 0.0), split  # was clip label 1 with no active frame

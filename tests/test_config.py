@@ -86,3 +86,13 @@ def test_get_key_and_digest():
     other = load_config("tiny", ["method.lambda_d=0.3"])
     assert cfg.digest() != other.digest()
     assert cfg.digest("frontend") == other.digest("frontend")
+
+
+def test_paper_config_runs_algorithm_1_as_written():
+    """paper.yaml: no source replay and MS = the f student (the demo's defaults are on)."""
+    paper = load_config("paper")
+    assert paper.method.source_replay is False
+    assert paper.method.final_student == "f"
+    assert paper.method.kd and paper.method.pseudo and paper.method.adversarial
+    default = Config().method
+    assert default.source_replay is True and default.final_student == "best"

@@ -457,3 +457,42 @@ def test_float32_probs_are_kept_and_score_the_same():
     a = score_samples(s64, PostProcessing(0.5, 3), classes=CLASSES)
     b = score_samples(s32, PostProcessing(0.5, 3), classes=CLASSES)
     assert (a.segment_f, a.event_f) == (b.segment_f, b.event_f)
+
+
+# ---------------------------------------------------------------------------- jobs/evaluate.py
+
+
+def _evaluate_job():
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "jobs" / "evaluate.py"
+    spec = importlib.util.spec_from_file_location("jobs_evaluate", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize(
+    "split, val_split, message",
+    [
+        ("target_test", "target_test", "--val-split target_test is the --split being scored"),
+        ("target_val", "target_val", "--val-split target_val is the --split being scored"),
+        ("target_test", "source_val", "--val-split source_val is a source-domain split"),
+        ("source_val", "target_val", "--val-split target_val is a target-domain split"),
+        ("target_test", "target_tset", "--val-split 'target_tset' is not a split"),
+        ("target_val", None, "--val-split (default target_val) is the --split being scored"),
+    ],
+)
+def test_evaluate_job_refuses_tuning_on_the_scored_split_or_the_other_domain(tmp_path, split, val_split, message):
+    """Refused before anything is loaded: the checkpoint does not even exist."""
+    job = _evaluate_job()
+    missing = str(tmp_path / "no_such_run" / "model.pt")
+    with pytest.raises(SystemExit) as err:
+        job.main(["--checkpoint", missing, "--split", split] + (["--val-split", val_split] if val_split else []))
+    text = str(err.value.code)
+    assert text.startswith("error: ") and message in text, text
+    assert "--split" in text and "--val-split" in text
+    assert "no_such_run" not in text  # the checkpoint was never opened
+    assert job.choose_val_split("target_test", None) == ("target_val", None)
+    assert job.choose_val_split("source_val", "source_train") == ("source_train", None)

@@ -70,6 +70,51 @@ def test_clip_bce_by_hand_and_clamped():
     assert torch.isfinite(clip_bce(torch.tensor([0.0, 1.0]), torch.tensor([1.0, 0.0])))
 
 
+def test_clip_bce_from_logits_equals_linsoft_bce_and_keeps_its_gradient_when_saturated():
+    from tsd_ray.losses import clip_bce_from_logits
+
+    g = torch.Generator().manual_seed(0)
+    logits = 2.0 * torch.randn(3, 12, generator=g)  # (B, T'), far from saturation
+    mask = torch.ones(3, 12, dtype=torch.bool)
+    mask[1, 8:] = False  # padded frames of a shorter clip
+    mask[2, 5:] = False
+    y = torch.tensor([1.0, 0.0, 1.0])
+    old = clip_bce(linsoft_pool(torch.sigmoid(logits), mask), y)
+    new = clip_bce_from_logits(logits, y, mask)
+    assert new.dtype == torch.float32
+    assert new.item() == pytest.approx(old.item(), abs=1e-5)
+    # padded frames do not count, whatever their logits
+    garbage = logits.masked_fill(~mask, 50.0)
+    assert clip_bce_from_logits(garbage, y, mask).item() == pytest.approx(new.item(), abs=1e-6)
+    # bf16 logits are computed in float32 too
+    assert clip_bce_from_logits(logits.bfloat16(), y, mask).dtype == torch.float32
+
+    # every frame saturated at logit 20 with label 0: the clamped formula has no gradient left,
+    # the log-domain one pushes the logits down
+    sat = torch.full((2, 12), 20.0, requires_grad=True)
+    labels = torch.zeros(2)
+    clip_bce(linsoft_pool(torch.sigmoid(sat)), labels).backward()
+    assert sat.grad is not None and float(sat.grad.abs().sum()) == 0.0
+    sat_new = torch.full((2, 12), 20.0, requires_grad=True)
+    loss = clip_bce_from_logits(sat_new, labels)
+    loss.backward()
+    assert torch.isfinite(loss) and loss.item() == pytest.approx(20.0, abs=1e-3)  # -log(1 - P)
+    assert torch.isfinite(sat_new.grad).all() and (sat_new.grad > 0).all()
+    # and label 1 on clips that are all "off" (logit -20): finite, non-zero gradient upwards
+    off = torch.full((2, 12), -20.0, requires_grad=True)
+    clip_bce_from_logits(off, torch.ones(2)).backward()
+    assert torch.isfinite(off.grad).all() and (off.grad < 0).all()
+
+
+def test_clip_bce_from_logits_rejects_wrong_shapes_and_empty_rows():
+    from tsd_ray.losses import clip_bce_from_logits
+
+    with pytest.raises(ValueError, match="clip_bce_from_logits: labels"):
+        clip_bce_from_logits(torch.zeros(2, 5), torch.zeros(3))
+    with pytest.raises(ValueError, match="no valid frame"):
+        clip_bce_from_logits(torch.zeros(2, 5), torch.zeros(2), torch.zeros(2, 5, dtype=torch.bool))
+
+
 def test_domain_loss_is_squared_error_on_sigmoid():
     logits = torch.tensor([0.0, 2.0])
     d = torch.tensor([0.0, 1.0])

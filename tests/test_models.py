@@ -329,3 +329,25 @@ def test_discriminator_shape_any_length():
     n_conv = sum(isinstance(m, nn.Conv2d) for m in disc.modules())
     n_fc = sum(isinstance(m, nn.Linear) for m in disc.modules())
     assert (n_conv, n_fc) == (3, 1)
+
+
+@pytest.mark.parametrize("n_valid", [1, 2, 7, 8, 13])
+def test_discriminator_ignores_frames_beyond_the_mask(n_valid):
+    """A clip's domain logit is the same alone and padded with zeros or garbage behind its mask."""
+    torch.manual_seed(0)
+    disc = Discriminator(DiscriminatorConfig(channels=(8, 8, 8)), in_channels=16).eval()
+    clip = torch.randn(1, 16, n_valid, 2)  # (1, C, T', F')
+    alone = disc(clip)
+    assert torch.allclose(disc(clip, torch.ones(1, n_valid, dtype=torch.bool)), alone, atol=1e-6)
+    t_pad = 20
+    mask = (torch.arange(t_pad) < n_valid)[None, :]  # (1, T')
+    for fill in (torch.zeros(1, 16, t_pad - n_valid, 2), 30.0 * torch.randn(1, 16, t_pad - n_valid, 2)):
+        padded = torch.cat([clip, fill], dim=2)  # (1, C, 20, F')
+        assert torch.allclose(disc(padded, mask), alone, atol=1e-5), n_valid
+    # in a batch, each row by its own mask
+    batch = torch.cat([torch.cat([clip, 5.0 * torch.ones(1, 16, t_pad - n_valid, 2)], 2), torch.randn(1, 16, t_pad, 2)])
+    masks = torch.stack([mask[0], torch.ones(t_pad, dtype=torch.bool)])
+    out = disc(batch, masks)
+    assert torch.allclose(out[0], alone[0], atol=1e-5) and torch.allclose(out[1], disc(batch[1:])[0], atol=1e-6)
+    with pytest.raises(ValueError, match="Discriminator: mask"):
+        disc(batch, masks[:, :-1])

@@ -1,6 +1,7 @@
 import math
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -90,3 +91,42 @@ def test_fixed_references_are_deterministic_and_of_the_target_class():
             assert r.reference_id in refs[r.target]
     train = build_samples(mixes, classes, references=refs, fixed_references=False, seed=3)
     assert all(r.reference_id is None for rows in train.values() for r in rows)
+
+
+def test_clip_label_after_crop_follows_the_events_left_in_the_kept_part():
+    from tsd_ray.samples import clip_label_after_crop
+
+    events = (Event(2.0, 3.0, "a"), Event(10.1, 10.4, "b"), Event(9.8, 10.3, "c"))
+    kept = [e for e in (ev.clipped(10.0) for ev in events) if e is not None]
+    assert [e.label for e in kept] == ["a", "c"]
+    assert clip_label_after_crop("a", 1, events, kept) == 1
+    assert clip_label_after_crop("b", 1, events, kept) == 0  # its only event was cropped away
+    assert clip_label_after_crop("c", 1, events, kept) == 1  # partly kept: still a positive
+    assert clip_label_after_crop("d", 0, events, kept) == 0  # negatives stay negatives
+    # weak labels only (no events, or none of this class): nothing tells where it was, kept as is
+    assert clip_label_after_crop("b", 1, None, []) == 1
+    assert clip_label_after_crop("w", 1, events, kept) == 1
+
+
+def test_a_fixed_reference_left_out_by_the_build_is_redrawn_and_nothing_else_moves():
+    classes = ["a", "b", "c"]
+    refs = {"a": ["ra1", "ra2"], "b": ["rb1", "rb2"], "c": ["rc1", "rc2", "rc3"]}
+    mixes = [_mix(i, [classes[i % 3]], split="source_val") for i in range(30)]
+    before = build_samples(mixes, classes, references=refs, fixed_references=True, seed=3)
+    after = build_samples(mixes, classes, references=refs, fixed_references=True, seed=3,
+                          unusable_references={"rc2": "reference clip is silent; replace it"})
+    assert build_samples(mixes, classes, references=refs, fixed_references=True, seed=3,
+                         unusable_references={"rc2": "silent"}) == after  # deterministic
+    moved = 0
+    for mid, rows in before.items():
+        for old, new in zip(rows, after[mid]):
+            assert (old.target, old.clip_label) == (new.target, new.clip_label)  # negatives unchanged
+            if old.reference_id == "rc2":
+                assert new.reference_id in ("rc1", "rc3")
+                moved += 1
+            else:
+                assert new.reference_id == old.reference_id
+    assert moved > 0
+    with pytest.raises(ValueError, match="every reference clip of class 'b'.*rb1: x; rb2: y"):
+        build_samples(mixes, classes, references=refs, fixed_references=True, seed=3,
+                      unusable_references={"rb1": "x", "rb2": "y"})

@@ -187,7 +187,7 @@ def test_evaluate_job_scores_the_checkpoint(trained, tmp_path):
     out = tmp_path / "eval"
     r = subprocess.run(
         [sys.executable, "jobs/evaluate.py", "--checkpoint", model, "--split", "source_val",
-         "--val-split", "source_val", "--config", "tiny", "--out", str(out)],
+         "--val-split", "source_train", "--config", "tiny", "--out", str(out)],
         capture_output=True, text=True, timeout=600,
     )
     assert r.returncode == 0, r.stderr[-3000:]

@@ -2,7 +2,8 @@
 
 Layout under the output URI::
 
-    manifest.json                 written last: classes, splits, shards, counts (build complete)
+    manifest.json                 written last: classes, splits, shards, counts, corpus notes
+                                  (build complete)
     _build.json                   build key (config + corpus digest): a re-run must match it
     quarantine.tsv                item, split, reason: everything left out, nothing silently lost
     summary.json                  sample counts per split and class
@@ -23,7 +24,7 @@ import io
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -41,7 +42,7 @@ from tsd_ray.features import (
     output_hop_seconds,
     pick_device,
 )
-from tsd_ray.samples import build_samples, summarize
+from tsd_ray.samples import build_samples, clip_label_after_crop, summarize
 from tsd_ray.types import SPLITS, Corpus, Event, MixtureRecord, Quarantined
 
 log = logging.getLogger(__name__)
@@ -135,9 +136,17 @@ def _mixture_item(mix: MixtureRecord, samples) -> dict:
 
 
 def plan_build(
-    corpus: Corpus, samples_cfg: SamplesConfig, build_cfg: BuildConfig
+    corpus: Corpus,
+    samples_cfg: SamplesConfig,
+    build_cfg: BuildConfig,
+    unusable_references: Mapping[str, str] | None = None,
 ) -> tuple[list[ShardPlan], dict]:
-    """Shards to write and the sample summary; deterministic for a corpus and seed."""
+    """Shards to write and the sample summary; deterministic for a corpus and seed.
+
+    ``unusable_references`` (reference id -> reason): references the audio check left out; a
+    val/test sample whose fixed reference is one of them gets another of its class (see
+    :func:`tsd_ray.samples.build_samples`). Nothing else of the plan changes.
+    """
     refs_by_class: dict[str, list[str]] = {}
     for r in corpus.references:
         refs_by_class.setdefault(r.label, []).append(r.reference_id)
@@ -153,6 +162,7 @@ def plan_build(
             references=refs_by_class,
             fixed_references=not split.endswith("train"),
             seed=samples_cfg.seed * 1000 + split_index,
+            unusable_references=unusable_references,
         )
         samples_by_split[split] = by_mix
         ordered = sorted(mixtures, key=lambda m: m.mixture_id)
@@ -240,10 +250,13 @@ def extract_shard(
             row = {"reference_id": item["reference_id"], "label": item["label"], **common}
         else:
             usable = min(duration, frontend.clip_seconds)
-            events = [Event(*e).clipped(usable) for e in item["events"] or ()]
+            all_events = None if item["events"] is None else [Event(*e) for e in item["events"]]
+            events = [e.clipped(usable) for e in all_events or ()]
             events = [e for e in events if e is not None]
             weak = item["weak_labels"]
             samples = item["samples"]
+            # a target whose events all lie in the cropped tail is a negative of the kept audio
+            clip_labels = [clip_label_after_crop(s[1], int(s[2]), all_events, events) for s in samples]
             row = {
                 "mixture_id": item["mixture_id"],
                 "split": item["split"],
@@ -257,7 +270,7 @@ def extract_shard(
                 "weak_labels": list(weak or []),
                 "sample_ids": [s[0] for s in samples],
                 "sample_targets": [s[1] for s in samples],
-                "sample_clip_labels": [int(s[2]) for s in samples],
+                "sample_clip_labels": clip_labels,
                 "sample_reference_ids": [s[3] for s in samples],
             }
         for k, v in row.items():
@@ -372,21 +385,53 @@ def build_features(
     } & set(storage.list_files(storage.join(out, "_shards"), ".json"))
     pending = [s for s in shards if record_path(out, s.name) not in done]
     log.info("build %s: %d shards, %d to write", out, len(shards), len(pending))
-    if pending:
-        if use_ray:
-            _run_on_ray_data(out, pending, frontend, build_cfg)
-        else:
-            import torch
+    # References first: val/test samples may only get a fixed reference that passed the audio
+    # check, so the mixtures are planned again once the references' quarantine is known.
+    ref_pending = [s for s in pending if s.split == REFERENCES]
+    _write_shards(out, ref_pending, frontend, build_cfg, use_ray)
+    unusable = _unusable_references(out, corpus, [s for s in shards if s.split == REFERENCES])
+    if unusable:
+        log.info("build %s: %d reference clip(s) left out; fixed references drawn without them", out, len(unusable))
+        try:
+            shards, summary = plan_build(corpus, samples_cfg, build_cfg, unusable)
+        except ValueError as exc:
+            raise BuildError(f"{out}: {exc}") from exc
+        pending = [s for s in shards if s.split != REFERENCES and record_path(out, s.name) not in done]
+    else:
+        pending = [s for s in pending if s.split != REFERENCES]
+    _write_shards(out, pending, frontend, build_cfg, use_ray)
+    written = len(ref_pending) + len(pending)
+    return _finalise(out, corpus, shards, summary, frontend, key, written, spec_path, t0)
 
-            threads = torch.get_num_threads()
-            torch.set_num_threads(1)  # 3x less CPU per clip than torch's default threads here
-            try:
-                mel = LogMel(frontend, pick_device(frontend.device))
-                for plan in pending:
-                    write_shard(out, plan, frontend, mel)
-            finally:
-                torch.set_num_threads(threads)
-    return _finalise(out, corpus, shards, summary, frontend, key, len(pending), spec_path, t0)
+
+def _write_shards(
+    out: str, pending: list[ShardPlan], frontend: FrontendConfig, build_cfg: BuildConfig, use_ray: bool
+) -> None:
+    """Write ``pending`` shards on Ray Data (``use_ray``) or here, one after the other."""
+    if not pending:
+        return
+    if use_ray:
+        _run_on_ray_data(out, pending, frontend, build_cfg)
+        return
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # 3x less CPU per clip than torch's default threads here
+    try:
+        mel = LogMel(frontend, pick_device(frontend.device))
+        for plan in pending:
+            write_shard(out, plan, frontend, mel)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _unusable_references(out: str, corpus: Corpus, ref_shards: Sequence[ShardPlan]) -> dict[str, str]:
+    """``{reference_id: reason}`` of the references their (finished) shards quarantined."""
+    reasons: dict[str, str] = {}
+    for plan in ref_shards:
+        for q in storage.read_json(record_path(out, plan.name))["quarantined"]:
+            reasons[q["item"]] = q["reason"]
+    return {r.reference_id: reasons[r.audio_path] for r in corpus.references if r.audio_path in reasons}
 
 
 def _run_on_ray_data(out: str, pending: list[ShardPlan], frontend: FrontendConfig, build_cfg: BuildConfig) -> None:
@@ -444,6 +489,8 @@ def _finalise(out, corpus, shards, summary, frontend, key, written, spec_path, t
         "splits": {k: v for k, v in splits.items() if k != REFERENCES},
         "references": splits.get(REFERENCES, {"files": [], "mixtures": 0}),
         "quarantined": len(quarantined),
+        # the corpus's warning notes, e.g. a source_val carved from source_train (its settings)
+        "notes": list(corpus.notes),
     }
     storage.write_json_atomic(storage.join(out, "manifest.json"), manifest)
     return BuildResult(out, len(shards), written, tuple(quarantined), summary, time.time() - t0)

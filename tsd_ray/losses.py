@@ -7,9 +7,9 @@ training on GPU cannot overflow a ``log`` or lose a small gradient in a sum.
 Adversarial min-max (eq. 8-9), how the training loop uses these pieces::
 
     out = student(mel, embedding, frame_mask)                     # DetectorOutput
-    l_tsd = frame_bce(out.frame_logits, labels, frame_mask)       # or clip_bce / KD / pseudo
+    l_tsd = frame_bce(out.frame_logits, labels, frame_mask)       # or clip_bce_from_logits / KD / pseudo
     z = grad_reverse(out.z, lambda_d)                             # identity forward
-    l_d = domain_loss(discriminator(z), domain)                   # eq. 8, d = 0 source, 1 target
+    l_d = domain_loss(discriminator(z, frame_mask), domain)       # eq. 8, d = 0 source, 1 target
     loss = l_tsd + l_d
     loss.backward(); optimizer.step()                             # one optimiser, both nets
 
@@ -18,10 +18,13 @@ discriminator's parameters receive ``+dL_d/dtheta_D`` (they *minimise* ``L_d``) 
 student's feature extractor receives ``dL_tsd/dtheta - lambda_d * dL_d/dtheta``: it minimises
 ``L_tsd - lambda_d * L_d`` (eq. 9), i.e. it *maximises* the discriminator's error. This is the
 real min-max; the public reference code let the extractor minimise ``L_d`` too.
-:func:`adversarial_loss` packages the three lines above.
+:func:`domain_logits` packages the reversal and the discriminator (the training loop uses it),
+:func:`adversarial_loss` the three lines above.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +34,8 @@ __all__ = [
     "KDProjector",
     "adversarial_loss",
     "clip_bce",
+    "clip_bce_from_logits",
+    "domain_logits",
     "domain_loss",
     "frame_bce",
     "linsoft_pool",
@@ -91,6 +96,9 @@ def frame_bce(frame_logits: Tensor, targets: Tensor, mask: Tensor | None = None)
 def clip_bce(clip_prob: Tensor, clip_labels: Tensor) -> Tensor:
     """Clip-level BCE on a pooled probability (eq. 3), float32, clamped away from 0 and 1.
 
+    The clamp passes no gradient once ``clip_prob`` saturates; training uses
+    :func:`clip_bce_from_logits` (the same value, exact in the log domain) instead.
+
     Args:
         clip_prob: (B,) clip probabilities (LinSoft output of the w student).
         clip_labels: (B,) weak labels in {0, 1}.
@@ -100,6 +108,59 @@ def clip_bce(clip_prob: Tensor, clip_labels: Tensor) -> Tensor:
     if y.shape != p.shape:
         raise ValueError(f"clip_bce: labels {tuple(y.shape)} vs probabilities {tuple(p.shape)}")
     return -(y * torch.log(p) + (1.0 - y) * torch.log1p(-p)).mean()
+
+
+def clip_bce_from_logits(
+    frame_logits: Tensor, clip_labels: Tensor, mask: Tensor | None = None
+) -> Tensor:
+    """Clip-level BCE of the LinSoft clip probability (eq. 3), exactly, from frame logits.
+
+    The same loss as ``clip_bce(linsoft_pool(sigmoid(frame_logits), mask), clip_labels)`` but
+    computed in the log domain in float32, with no clamping, so a saturated clip keeps its
+    gradient (the clamped form passes none once every frame's probability rounds to 1 or 0:
+    from a frame logit of ~17 in float32, ~7 in bf16). With ``log p_i = logsigmoid(l_i)`` and
+    ``log(1 - p_i) = logsigmoid(-l_i)``, LinSoft ``P = sum_i p_i^2 / sum_i p_i`` gives::
+
+        log P       = logsumexp_i(2 log p_i)               - logsumexp_i(log p_i)
+        log (1 - P) = logsumexp_i(log p_i + log(1 - p_i))  - logsumexp_i(log p_i)
+
+    (``1 - P = sum_i p_i (1 - p_i) / sum_i p_i``), sums over valid frames only.
+
+    Args:
+        frame_logits: (B, T') frame logits of the w student (any float dtype).
+        clip_labels: (B,) weak labels in {0, 1} (soft labels in [0, 1] work too).
+        mask: optional (B, T') bool, True on valid (non-padded) frames; every row needs one.
+
+    Returns:
+        Scalar float32, the mean over the B clips.
+    """
+    if frame_logits.ndim != 2:
+        raise ValueError(
+            f"clip_bce_from_logits: expected frame_logits (B, T'), got {tuple(frame_logits.shape)}"
+        )
+    # Autocast off: logsigmoid/logsumexp in float32 whatever the training dtype.
+    with torch.autocast(device_type=frame_logits.device.type, enabled=False):
+        logits = frame_logits.float()  # (B, T')
+        y = clip_labels.to(device=logits.device, dtype=torch.float32)  # (B,)
+        if y.shape != logits.shape[:1]:
+            raise ValueError(
+                f"clip_bce_from_logits: labels {tuple(y.shape)} vs logits {tuple(logits.shape)}; "
+                "expected one label per row"
+            )
+        log_p = F.logsigmoid(logits)  # (B, T')
+        log_q = F.logsigmoid(-logits)  # (B, T') log(1 - p)
+        m = _check_mask(mask, logits, "clip_bce_from_logits")
+        if m is not None:
+            if not bool(m.any(dim=-1).all()):
+                raise ValueError(
+                    "clip_bce_from_logits: a row of the frame mask has no valid frame; "
+                    "every clip needs at least one (check n_valid of the batch)"
+                )
+            log_p = log_p.masked_fill(~m, -math.inf)  # padded frames add exp(-inf) = 0
+        log_sum_p = torch.logsumexp(log_p, dim=-1)  # (B,) log sum p_i
+        log_clip = torch.logsumexp(2.0 * log_p, dim=-1) - log_sum_p  # (B,) log P
+        log_not_clip = torch.logsumexp(log_p + log_q, dim=-1) - log_sum_p  # (B,) log(1 - P)
+        return -(y * log_clip + (1.0 - y) * log_not_clip).mean()
 
 
 def domain_loss(
@@ -120,20 +181,47 @@ def domain_loss(
     return ((prob - d) ** 2).mean()
 
 
+def domain_logits(
+    z: Tensor, discriminator: nn.Module, lambda_d: float, mask: Tensor | None = None
+) -> Tensor:
+    """``D(GRL_{lambda_d}(z))``: domain logits whose backward reverses into the student.
+
+    The training loop (:class:`tsd_ray.loop.PhaseModel`) calls this inside the student's
+    forward and :func:`domain_loss` on the result; :func:`adversarial_loss` is the two in one.
+
+    Args:
+        z: (U, C, T', F') CNN features of the student, one row per mixture.
+        discriminator: maps ``(z, mask)`` to (U,) domain logits
+            (:class:`tsd_ray.models.discriminator.Discriminator`).
+        lambda_d: reversal scale (paper: 0.2).
+        mask: optional (U, T') bool, True on z's valid (non-padded) frames; the discriminator
+            then ignores the padding.
+
+    Returns:
+        (U,) domain logits (> 0: target).
+    """
+    from tsd_ray.models.discriminator import grad_reverse  # local: losses stay model-free
+
+    return discriminator(grad_reverse(z, lambda_d), mask)
+
+
 def adversarial_loss(
-    z: Tensor, discriminator: nn.Module, domain_labels: Tensor, lambda_d: float
+    z: Tensor,
+    discriminator: nn.Module,
+    domain_labels: Tensor,
+    lambda_d: float,
+    mask: Tensor | None = None,
 ) -> Tensor:
     """``L_d(D(GRL_{lambda_d}(z)))``: add it to the student's task loss (see module docstring).
 
     Args:
         z: (B, C, T', F') CNN features of the student.
-        discriminator: maps z to (B,) domain logits.
+        discriminator: maps z (and its frame mask) to (B,) domain logits.
         domain_labels: (B,) 0 = source, 1 = target.
         lambda_d: reversal scale (paper: 0.2).
+        mask: optional (B, T') bool of z's valid frames.
     """
-    from tsd_ray.models.discriminator import grad_reverse  # local: losses stay model-free
-
-    return domain_loss(discriminator(grad_reverse(z, lambda_d)), domain_labels)
+    return domain_loss(domain_logits(z, discriminator, lambda_d, mask), domain_labels)
 
 
 def pseudo_labels(w_frame_probs: Tensor, clip_labels: Tensor) -> Tensor:

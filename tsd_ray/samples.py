@@ -5,6 +5,11 @@ class, frame labels = its events) and ceil(N * negatives_per_positive) negative 
 class absent from the mixture, chosen to balance classes: the absent class with the fewest
 negatives so far, ties broken by a seeded RNG). A clip with no class of its domain yields one
 negative, so background-only clips still teach rejection.
+
+Val/test samples get a fixed reference, drawn only among references that passed the build's
+audio check (:func:`build_samples`, ``unusable_references``). A positive whose target's events
+all lie in the part of a too-long file that is cropped away becomes a negative
+(:func:`clip_label_after_crop`).
 """
 
 from __future__ import annotations
@@ -56,13 +61,20 @@ def build_samples(
     references: Mapping[str, Sequence[str]] | None = None,
     fixed_references: bool = False,
     seed: int = 0,
+    unusable_references: Mapping[str, str] | None = None,
 ) -> dict[str, list[TsdSample]]:
     """Samples for each mixture of one split, keyed by mixture_id (deterministic for a seed).
 
     ``classes`` is the domain's class set: only these become targets (other labels in the
     clip are background). With ``fixed_references`` every sample gets one reference id of its
     class from ``references`` (class -> ids), drawn once with the seed (val/test).
+
+    ``unusable_references`` (id -> reason): references the build left out (unreadable or
+    silent audio). A sample whose draw lands on one re-draws among its class's usable ones,
+    with an RNG of its own (seed and sample id), so every other sample, negatives included,
+    is drawn exactly as without it; a class with no usable reference left is a ValueError.
     """
+    unusable = dict(unusable_references or {})
     rng = random.Random(seed)
     class_set = sorted(set(classes))
     if not class_set:
@@ -89,6 +101,8 @@ def build_samples(
                 if not ids:
                     raise ValueError(f"no reference clip for class '{target}'")
                 ref = rng.choice(sorted(ids))
+                if ref in unusable:
+                    ref = _redraw_reference(ids, unusable, target, f"{seed}:{mix.mixture_id}#{target}")
             rows.append(
                 TsdSample(
                     sample_id=f"{mix.mixture_id}#{target}",
@@ -102,6 +116,42 @@ def build_samples(
             )
         out[mix.mixture_id] = rows
     return out
+
+
+def _redraw_reference(ids: Sequence[str], unusable: Mapping[str, str], target: str, key: str) -> str:
+    """One usable reference of ``target`` among ``ids``, drawn by an RNG seeded with ``key``."""
+    kept = sorted(i for i in ids if i not in unusable)
+    if not kept:
+        reasons = "; ".join(f"{i}: {unusable[i]}" for i in sorted(ids))
+        raise ValueError(
+            f"every reference clip of class '{target}' was left out by the audio check ({reasons}); "
+            "replace them in the reference pool (see quarantine.tsv) and build again"
+        )
+    return random.Random(key).choice(kept)
+
+
+def clip_label_after_crop(
+    target: str, clip_label: int, events: Sequence[Event] | None, kept_events: Sequence[Event]
+) -> int:
+    """The clip label of a sample once its mixture is cropped to ``frontend.clip_seconds``.
+
+    Files up to ``clip_seconds + max_overhang_seconds`` long are accepted and cropped, and the
+    events are clipped to the kept part (``kept_events``; an event wholly in the tail is gone).
+    A positive whose target has events in the file but none left in the kept part becomes a
+    negative (label 0): the audio the model sees does not hold the target, and a negative of
+    a class the mixture's domain knows is a valid sample of the design (the mixture keeps its
+    other samples). Without events for the target (``events`` None, or weak labels only for
+    this class) nothing says where the sound was, so the label stays as given.
+
+    Args:
+        target: the sample's target class.
+        clip_label: its planned label (1 = the target occurs in the file).
+        events: all events of the file (strong labels), None when the corpus gives none.
+        kept_events: the events clipped to the kept part, empty ones dropped.
+    """
+    if clip_label != 1 or events is None or not any(e.label == target for e in events):
+        return clip_label
+    return int(any(e.label == target for e in kept_events))
 
 
 def summarize(samples_by_split: Mapping[str, Mapping[str, Sequence[TsdSample]]]) -> dict:
