@@ -272,3 +272,85 @@ def test_packed_batch_gives_the_losses_of_repeated_mixtures():
     assert set(p_packed) == {"pseudo", "kd", "replay"}
     for k in p_packed:
         assert abs(p_packed[k] - p_repeated[k]) < 1e-5, (k, p_packed, p_repeated)
+
+
+def test_clip_loss_keeps_its_gradient_when_every_frame_saturates():
+    """The w student's clip BCE (eq. 3) still pushes when a negative clip sits at logit ~20."""
+    from tsd_ray.loop import compute_losses
+
+    ctx = _replay_ctx(replay=False, adversarial=False)
+    fc2 = ctx.core.student.fc2
+    with torch.no_grad():
+        fc2.weight.zero_()
+        fc2.bias.fill_(20.0)  # every frame at logit 20: sigmoid is 1.0 in float32
+    b = _replay_batch(torch.zeros(2, 10))
+    b["clip_label"] = torch.zeros(4)  # negatives: the loss wants the logits down
+    loss, parts = compute_losses(ctx, b)
+    assert set(parts) == {"clip"}
+    assert abs(parts["clip"] - 20.0) < 1e-2  # -log(1 - P), not the clamp's -log(1e-7) = 16.1
+    loss.backward()
+    assert torch.isfinite(fc2.bias.grad).all() and float(fc2.bias.grad) > 0.1
+
+
+def test_phase_model_gives_the_discriminator_each_mixtures_frame_mask():
+    """Packed batch: the discriminator sees one row of z per mixture and that mixture's mask."""
+    from tsd_ray.loop import compute_losses
+
+    ctx = _replay_ctx(replay=False, adversarial=True)
+    disc = ctx.core.discriminator
+    seen = []
+    original = disc.forward
+
+    def spy(z, mask=None):
+        seen.append((tuple(z.shape), None if mask is None else mask.clone()))
+        return original(z, mask)
+
+    disc.forward = spy
+    n_out, g = 10, torch.Generator().manual_seed(1)
+    batch = {
+        "mel": torch.randn(2, 2 * n_out, 16, generator=g),  # (U, T, F): two mixtures
+        "mix": torch.tensor([0, 0, 1]),  # mixture 0 holds samples 0-1, mixture 1 sample 2
+        "mix_n_valid": torch.tensor([n_out, 6]),
+        "mix_domain": torch.tensor([1, 0]),
+        "frame_labels": torch.zeros(3, n_out),
+        "n_valid": torch.tensor([n_out, n_out, 6]),
+        "ref_idx": torch.tensor([0, 1, 2]),
+        "target_idx": torch.tensor([0, 1, 2]),
+        "clip_label": torch.tensor([1.0, 0.0, 1.0]),
+        "has_strong": torch.tensor([False, False, True]),
+        "domain": torch.tensor([1, 1, 0]),
+        "is_main": torch.tensor([1, 1, 0]),
+    }
+    _, parts = compute_losses(ctx, batch)
+    assert "domain" in parts and len(seen) == 1
+    shape, mask = seen[0]
+    assert shape[0] == 2 and mask is not None and mask.shape == (2, n_out)
+    assert mask[0].all() and mask[1].tolist() == [True] * 6 + [False] * 4
+
+
+def test_tuned_selection_sees_a_detector_whose_probabilities_stay_below_one_half():
+    """On real audio a useful detector can peak at 0.2-0.4: fixed 0.5 scores it 0, tuned does not."""
+    import dataclasses
+
+    import numpy as np
+
+    from tsd_ray.config import EvalConfig
+    from tsd_ray.evaluation import ScoredSample
+    from tsd_ray.loop import validation_scores
+    from tsd_ray.types import Event
+
+    rng = np.random.default_rng(0)
+    samples = []
+    for i in range(12):
+        probs = rng.uniform(0.0, 0.08, 250).astype(np.float32)  # 10 s at 40 ms
+        events = ()
+        if i % 3:  # a positive: one event, where the detector says 0.3
+            on = int(rng.integers(10, 150))
+            probs[on:on + 50] = 0.3
+            events = (Event(on * 0.04, (on + 50) * 0.04, "dog"),)
+        samples.append(ScoredSample(f"s{i}", "dog", probs, events))
+    fixed = validation_scores(samples, ["dog"], 0.04, EvalConfig())
+    tuned = validation_scores(samples, ["dog"], 0.04, dataclasses.replace(EvalConfig(), selection="tuned"))
+    assert fixed["val_event_f"] == 0.0 and fixed["val_score"] == 0.0
+    assert tuned["val_event_f"] == 100.0 and tuned["val_score"] == 100.0
+    assert tuned["val_threshold"] in (0.1, 0.2) and tuned["val_median_frames"] == 5

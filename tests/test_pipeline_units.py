@@ -147,3 +147,23 @@ def test_the_loop_stops_on_the_reported_students_validation_score(fake_run, monk
     patient = run_ms(run, dataclasses.replace(run.cfg.method, final_student="best", max_iterations=3,
                                               iteration_patience=2), prefix="P")
     assert iterations("P") == [1, 2, 3] and patient["final"]["model_uri"].endswith("P-it3_w/model.pt")
+
+
+def test_run_settings_record_the_method_switches_and_report_md_shows_them(tmp_path):
+    from tsd_ray.pipeline import run_settings
+    from tsd_ray.report import format_report
+
+    cfg = load_config("tiny", ["method.source_replay=false", "method.final_student=f", "method.kd=false"])
+    settings = run_settings(cfg, "file:///features")
+    assert settings["source_replay"] is False and settings["final_student"] == "f"
+    assert (settings["kd"], settings["pseudo"], settings["adversarial"]) == (False, True, True)
+    assert settings["segment_s"] == cfg.eval.segment_s and settings["features"] == "file:///features"
+    assert settings["split"] == "target_test" and settings["seed"] == cfg.train.seed
+    md = format_report({"MS": {"segment_f": 1.0, "event_f": 2.0}, "settings": settings}, title="t")
+    line = next(x for x in md.splitlines() if x.startswith("Settings: "))
+    for part in ("source_replay = `False`", "final_student = `f`", "kd = `False`", "pseudo = `True`",
+                 "adversarial = `True`"):
+        assert part in line, line
+    assert "paper" in load_config("paper").run.name
+    paper = run_settings(load_config("paper"), "s3://b/f")
+    assert (paper["source_replay"], paper["final_student"]) == (False, "f")

@@ -212,3 +212,30 @@ def test_write_report_to_a_uri(tmp_path):
     out = write_report(paper_results(), f"file://{tmp_path}/uri_run", title="uri")
     assert out["md"] == f"file://{tmp_path}/uri_run/report.md"
     assert (tmp_path / "uri_run" / "report.json").exists()
+
+
+def test_ss_below_ms_is_said_plainly_instead_of_a_gap_over_100_percent():
+    from tsd_ray.report import format_table1
+
+    base = {"settings": {"segment_s": 1.0, "t_collar_s": 0.2, "percentage_of_length": 0.2}}
+    ok = format_table1({**base, "SS": {"segment_f": 60, "event_f": 40}, "WS": {"segment_f": 50, "event_f": 20},
+                        "MS": {"segment_f": 55, "event_f": 30}})
+    assert "closes 50.0 % of the WS → SS event-F gap" in ok
+    bad = format_table1({**base, "SS": {"segment_f": 24.3, "event_f": 5.7}, "WS": {"segment_f": 30.2, "event_f": 0.0},
+                         "MS": {"segment_f": 42.2, "event_f": 10.8}})
+    assert "scores below MS here" in bad and "% of the WS → SS" not in bad
+    worse = format_table1({**base, "SS": {"segment_f": 1, "event_f": 10}, "WS": {"segment_f": 1, "event_f": 20},
+                           "MS": {"segment_f": 1, "event_f": 15}})
+    assert "scores below MS and WS here" in worse and "% of the WS → SS" not in worse
+
+
+def test_report_has_per_class_tables_and_the_encoder_quality():
+    from tsd_ray.report import format_report
+
+    pc = {"dog": {"n_samples": 3, "n_ref_events": 2, "segment_f": 50.0, "event_f": 40.0}}
+    md = format_report({"settings": {"segment_s": 1.0, "t_collar_s": 0.2, "percentage_of_length": 0.2},
+                        "SS": {"segment_f": 60, "event_f": 40, "per_class": pc},
+                        "encoder": {"accuracy": 0.75, "n": 8, "per_class": {"dog": 1.0, "cat": 0.5}, "unscored": []}},
+                       title="t")
+    assert "## Per-class scores: SS" in md and "| dog |" in md
+    assert "## Reference encoder" in md and "**75.0 %**" in md and "| cat | 50.0 |" in md

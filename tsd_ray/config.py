@@ -81,6 +81,13 @@ class EncoderConfig:
     lr: float = 1e-3
     batch_size: int = 32
     patience: int = 5
+    # What the encoder learns from (tsd_ray/encoder_data.py): "references" = the reference pool
+    # alone; "all" = also the source-domain events cut at their onsets/offsets and the weak
+    # clips (target_train, and source_train with its events' labels), multi-label, with
+    # augmentation (EQ, gain, mel shift, stretch, mixing, SpecAugment). Never val/test audio.
+    train_on: Literal["references", "all"] = "all"
+    weak_fraction: float = 0.25  # share of the weak clips trained on per epoch (train_on: all)
+    mix_prob: float = 0.5  # probability of mixing an item with another (train_on: all)
 
 
 @dataclass(frozen=True)
@@ -211,6 +218,13 @@ class EvalConfig:
     thresholds: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6, 0.7)
     median_windows: tuple[int, ...] = (1, 3, 5, 9)
     selection_metric: Literal["event_f", "segment_f"] = "event_f"
+    # How each epoch's validation score is taken (best epoch, early stopping, final student,
+    # loop stop): "fixed" = at `threshold` / `median_frames`; "tuned" = the best over the grid
+    # selection_thresholds x selection_median_windows, scored from one set of predictions (on
+    # real audio event-F at a fixed 0.5 is near zero in every epoch and selects nothing).
+    selection: Literal["fixed", "tuned"] = "fixed"
+    selection_thresholds: tuple[float, ...] = (0.1, 0.2, 0.3, 0.5, 0.7)
+    selection_median_windows: tuple[int, ...] = (5,)
 
 
 @dataclass(frozen=True)

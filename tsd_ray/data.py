@@ -202,6 +202,12 @@ def expand_batch(
             out["has_strong"].append(strong)
             out["clip_label"].append(float(clip))
             out["target_idx"].append(class_index[str(target)])
+            if ref and str(ref) not in ref_index:
+                raise FeaturesError(
+                    f"sample {sid}: its fixed reference '{ref}' is not in the reference table (the "
+                    "build left it out); these features predate fixed references drawn after the "
+                    "audio check: build them again into a new --out folder (jobs/build_dataset.py)"
+                )
             out["ref_idx"].append(ref_index[str(ref)] if ref else -1)
             out["domain"].append(domain)
             out["n_valid"].append(n_valid)
@@ -346,17 +352,19 @@ class _ShardStream:
     2.60's ``read_parquet`` bundled a whole small split into one read task and one block).
     """
 
-    def __init__(self, expand, fraction: float | None, seed: int, batch_rows: int = 16):
+    def __init__(self, expand, fraction: float | None, seed: int, batch_rows: int = 16,
+                 columns: Sequence[str] = tuple(_MIXTURE_COLUMNS)):
         self.expand = expand
         self.fraction = fraction
         self.seed = seed
         self.batch_rows = batch_rows
+        self.columns = list(columns)
 
     def __call__(self, batch: dict):
         for uri, index in zip(batch["uri"], batch["index"]):
             pf = open_shard(str(uri))
             rng = np.random.default_rng([self.seed, int(index)])
-            for rb in pf.iter_batches(batch_size=self.batch_rows, columns=_MIXTURE_COLUMNS):
+            for rb in pf.iter_batches(batch_size=self.batch_rows, columns=self.columns):
                 rows = _record_batch_to_numpy(rb)
                 if self.fraction is not None and self.fraction < 1.0:
                     keep = rng.random(len(rows["mixture_id"])) < self.fraction
@@ -413,6 +421,27 @@ def read_samples(
         batch_size=1,
         batch_format="numpy",
     )
+
+
+def read_mixture_items(features: str | Manifest, splits: Sequence[str], make_items, *,
+                       extra_columns: Sequence[str] = ()):
+    """Ray Dataset of what ``make_items`` (mixture rows -> item columns) makes of ``splits``.
+
+    Streamed one task per shard, 16 mixtures at a time, like :func:`read_samples`; the
+    encoder's items (:mod:`tsd_ray.encoder_data`) are made this way.
+    """
+    import ray
+
+    from tsd_ray.ray_utils import quiet_data_context
+
+    quiet_data_context()
+    manifest = features if isinstance(features, Manifest) else load_manifest(features)
+    files = [f for split in splits for f in manifest.files(split)]
+    check_shards(files)
+    items = [{"uri": f, "index": i} for i, f in enumerate(files)]
+    ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
+    stream = _ShardStream(make_items, None, 0, columns=[*_MIXTURE_COLUMNS, *extra_columns])
+    return ds.map_batches(stream, batch_size=1, batch_format="numpy")
 
 
 def read_references(features: str | Manifest):

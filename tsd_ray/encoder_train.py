@@ -1,15 +1,21 @@
 """The conditional network: pretrain (or load PANNs), freeze, embed every reference once.
 
-Default: a Ray Train phase trains the Cnn14-style encoder as a classifier over the labelled
-reference pool (references are isolated clips, so every class may be used), with crop, gain
-and noise augmentation. With ``encoder.panns_checkpoint`` the public PANNs Cnn14 weights are
-loaded first (and with ``encoder.finetune_trunk: false`` only the embedding head trains).
-Then :func:`embed_references` writes the embedding table with Ray Data batch inference.
+Default (``encoder.train_on: all``): a Ray Train phase trains the Cnn14-style encoder as a
+multi-label classifier over every labelled clip of the training splits: the reference pool,
+the source-domain events cut at their onsets/offsets and the weak clips
+(:mod:`tsd_ray.encoder_data`), with augmentation aimed at new recordings. ``train_on:
+references`` trains on the reference pool alone (single-label, crop/gain augmentation).
+With ``encoder.panns_checkpoint`` the public PANNs Cnn14 weights are loaded first (and with
+``encoder.finetune_trunk: false`` only the embedding head trains). Then
+:func:`embed_references` writes the embedding table with Ray Data batch inference, and
+:func:`embedding_quality` scores how well it separates the classes (leave-one-out
+nearest-centroid accuracy of the reference embeddings).
 """
 
 from __future__ import annotations
 
 import io
+import math
 import os
 import tempfile
 
@@ -21,6 +27,13 @@ from tsd_ray import checkpoint as ckpt
 from tsd_ray import storage
 from tsd_ray.config import Config, config_from_dict
 from tsd_ray.data import Manifest, read_references
+from tsd_ray.encoder_data import (
+    augment_items,
+    event_items,
+    loo_centroid_accuracy,
+    reference_items,
+    weak_items,
+)
 from tsd_ray.ray_utils import shuffle_seed
 
 
@@ -72,27 +85,43 @@ def encoder_loop_per_worker(config: dict) -> dict:
     shard = ray.train.get_dataset_shard("train")
     rank = ray.train.get_context().get_world_rank()
     world = ray.train.get_context().get_world_size()
-    spe = steps_per_epoch(int(manifest["references"].get("mixtures", 0)), world, ec.batch_size)
+    multi = ec.train_on == "all"
+    floor = math.log(float(manifest["frontend"]["log_offset"]))
+    spe = steps_per_epoch(int(config.get("n_train_items") or manifest["references"].get("mixtures", 0)),
+                          world, ec.batch_size)
     for epoch in range(start, ec.epochs):
         model.train()
         step = 0
         tot = correct = n = 0.0
         batches = shard.iter_batches(batch_size=ec.batch_size, batch_format="numpy", local_shuffle_buffer_size=256,
                                      local_shuffle_seed=shuffle_seed(cfg.train.seed, epoch, rank))
+        if multi:
+            batches = _with_weak_batches(batches, config, ec, epoch, rank, spe)
         for b in batches:
             mel = torch.as_tensor(b["mel"]).float()
-            y = torch.as_tensor([class_index[str(c)] for c in b["label"]], device=device)
-            mel = _augment_refs(mel, torch.as_tensor(b["n_frames"]), gen).to(device)
+            n_frames = torch.as_tensor(b["n_frames"]).long()
+            if multi:  # multi-label items (encoder_data): soft-target cross-entropy
+                mel, n_frames, y = augment_items(mel, n_frames, torch.as_tensor(b["labels"]), gen,
+                                                 floor=floor, mix_prob=ec.mix_prob)
+                mel, y = mel.to(device), y.to(device)
+            else:
+                y = torch.as_tensor([class_index[str(c)] for c in b["label"]], device=device)
+                mel = _augment_refs(mel, n_frames, gen).to(device)
             for group in opt.param_groups:
                 group["lr"] = ec.lr * lr_factor(cfg.train.lr_schedule, epoch, step, spe, ec.epochs)
             step += 1
-            out = model(mel)
-            loss = F.cross_entropy(out.logits, y)
+            out = model(mel, n_frames.to(device))
+            if multi:
+                loss = soft_target_cross_entropy(out.logits, y)
+                hit = y.gather(1, out.logits.argmax(1, keepdim=True)).squeeze(1) > 0.5  # top class is a true one
+            else:
+                loss = F.cross_entropy(out.logits, y)
+                hit = out.logits.argmax(1) == y
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             tot += float(loss) * len(y)
-            correct += float((out.logits.argmax(1) == y).sum())
+            correct += float(hit.sum())
             n += len(y)
         metrics = {"epoch": epoch, "loss": tot / max(n, 1), "train_acc": correct / max(n, 1)}
         if rank == 0:
@@ -113,6 +142,108 @@ def encoder_loop_per_worker(config: dict) -> dict:
     return {}
 
 
+def soft_target_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Softmax cross-entropy against the multi-hot ``labels`` spread evenly over their classes.
+
+    For a single-label item this is the usual cross-entropy; an item with k classes asks for
+    probability 1/k on each. Softmax (not per-class BCE) makes the classes compete, which is
+    what separates the embeddings of different classes (measured on real sound: BCE learnt
+    little beyond the class priors).
+    """
+    target = labels.float() / labels.float().sum(dim=1, keepdim=True).clamp_min(1.0)  # (B, K)
+    return -(target * F.log_softmax(logits.float(), dim=1)).sum(dim=1).mean()
+
+
+def _with_weak_batches(batches, config: dict, ec, epoch: int, rank: int, spe: int):
+    """The item batches with this epoch's weak-clip batches spread evenly among them.
+
+    Every weak batch of the worker's shard is read (a streaming split waits for all workers
+    to finish their shards), and a seeded ``encoder.weak_fraction`` of them is trained on;
+    the split gives every worker the same number of rows, and the draws are the same on every
+    rank, so all ranks take the same number of steps.
+    """
+    import ray.train
+
+    weak = ray.train.get_dataset_shard("weak") if config.get("n_weak_items") else None
+    if weak is None:
+        yield from batches
+        return
+    # the same draws on every rank: each must take the same number of steps (DDP syncs every one)
+    rng = np.random.default_rng([int(config["cfg"]["train"]["seed"]), epoch, 17])
+    wb = max(1, ec.batch_size // 4)  # whole clips are longer than items: smaller batches
+    weak_it = iter(weak.iter_batches(batch_size=wb, batch_format="numpy", local_shuffle_buffer_size=64,
+                                     local_shuffle_seed=shuffle_seed(int(config["cfg"]["train"]["seed"]), epoch, rank)))
+    n_weak = math.ceil(int(config["n_weak_items"]) / max(1, ray.train.get_context().get_world_size()) / wb)
+    due = 0.0
+    ratio = n_weak / max(1, spe)  # weak batches read per item batch
+
+    def next_used():
+        for b in weak_it:
+            if rng.random() < ec.weak_fraction:
+                return b
+        return None
+
+    for b in batches:
+        yield b
+        due += ratio
+        while due >= 1.0:
+            due -= 1.0
+            w = next_used()
+            if w is not None:
+                yield w
+    while (w := next_used()) is not None:  # drain: every worker reads its whole shard
+        yield w
+
+
+def encoder_datasets(cfg: Config, manifest: Manifest) -> tuple[dict, dict[str, int]]:
+    """The encoder's Ray Datasets (``train``, and ``weak`` with ``train_on: all``) and their sizes.
+
+    ``references``: the reference pool. ``all``: references + source events cut from
+    ``source_train`` (``train``, reference-length items) and whole weak clips of
+    ``source_train`` and ``target_train`` (``weak``). Validation and test splits are never read.
+    """
+    from functools import partial
+
+    from tsd_ray.data import read_mixture_items
+
+    refs = read_references(manifest)
+    n_refs = int(manifest.data["references"].get("mixtures", 0))
+    if cfg.encoder.train_on == "references":
+        return {"train": refs}, {"n_train_items": n_refs}
+    fe = manifest.data["frontend"]
+    class_index = {c: i for i, c in enumerate(manifest.classes)}
+    n_ref_frames = _reference_frames(manifest)
+    train = refs.map_batches(partial(reference_items, class_index=class_index), batch_format="numpy")
+    sizes = {"n_train_items": n_refs, "n_weak_items": 0}
+    if manifest.has_split("source_train"):
+        events = read_mixture_items(manifest, ["source_train"], partial(
+            event_items, n_frames_out=n_ref_frames, frame_rate=float(fe["sample_rate"]) / float(fe["hop_length"]),
+            floor=math.log(float(fe["log_offset"])), class_index=class_index, seed=cfg.train.seed))
+        train = train.union(events)
+        sizes["n_train_items"] += _count_events(manifest, "source_train")
+    weak_splits = [s for s in ("source_train", "target_train") if manifest.has_split(s)]
+    datasets = {"train": train}
+    if weak_splits:
+        datasets["weak"] = read_mixture_items(manifest, weak_splits, partial(weak_items, class_index=class_index),
+                                              extra_columns=("has_weak", "weak_labels"))
+        sizes["n_weak_items"] = sum(manifest.count(s)[0] for s in weak_splits)
+    return datasets, sizes
+
+
+def _reference_frames(manifest: Manifest) -> int:
+    f = manifest.files("references")[0]
+    from tsd_ray.data import open_shard
+
+    return int(open_shard(f).schema_arrow.field("mel").type.shape[0])
+
+
+def _count_events(manifest: Manifest, split: str) -> int:
+    from tsd_ray.data import read_mixture_table
+
+    t = read_mixture_table(manifest, split, columns=["event_labels"])
+    return int(sum(len(x) for x in t.column("event_labels").to_pylist()))
+
+
 def pretrain_encoder(cfg: Config, manifest: Manifest, *, storage_path: str, run_name: str) -> str:
     """Train the encoder as a Ray Train run; returns the URI of its model file."""
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -128,21 +259,25 @@ def pretrain_encoder(cfg: Config, manifest: Manifest, *, storage_path: str, run_
     )
 
     ensure_ray()
-    refs = read_references(manifest)
-    n_refs = int(manifest.data["references"].get("mixtures", 0))
-    # a small pool is read once and kept in the object store: re-reading it every epoch took
-    # longer than the epoch's training on 2 cores (demo: 3-4 s of 8 s per epoch)
+    datasets, sizes = encoder_datasets(cfg, manifest)
+    # small sets are read once and kept in the object store: re-reading the reference pool
+    # every epoch took longer than the epoch's training on 2 cores (demo: 3-4 s of 8 s)
     tc = cfg.train
-    refs = cached_dataset(refs, n_refs, tc.cache_max_samples, shuffle=True,
-                          order_seed=block_order_seed(tc.seed, "encoder", "references") if tc.reproducible else None)
+    names = {"train": "references" if cfg.encoder.train_on == "references" else "items", "weak": "weak"}
+    datasets = {
+        k: cached_dataset(ds, sizes["n_train_items" if k == "train" else "n_weak_items"], tc.cache_max_samples,
+                          shuffle=True,
+                          order_seed=block_order_seed(tc.seed, "encoder", names[k]) if tc.reproducible else None)
+        for k, ds in datasets.items()
+    }
     trainer = TorchTrainer(
         encoder_loop_per_worker,
-        train_loop_config={"cfg": cfg.to_dict(), "manifest": manifest.data},
+        train_loop_config={"cfg": cfg.to_dict(), "manifest": manifest.data, **sizes},
         torch_config=TorchConfig(backend="nccl" if tc.use_gpu else "gloo"),
         scaling_config=scaling_config(tc),
         run_config=run_config(f"{run_name}-encoder", storage_path, tc.max_failures),
-        datasets={"train": refs},
-        dataset_config=data_config({"train": refs}, tc.reproducible),
+        datasets=datasets,
+        dataset_config=data_config(datasets, tc.reproducible, split=tuple(datasets)),
     )
     result = trainer.fit()
     if result.error is not None:
@@ -163,7 +298,7 @@ class _Embedder:
     @torch.no_grad()
     def __call__(self, b: dict) -> dict:
         mel = torch.as_tensor(b["mel"], device=self.device).float()
-        e = self.model(mel).embedding.float()
+        e = self.model(mel, torch.as_tensor(b["n_frames"], device=self.device)).embedding.float()
         e = normalise_embedding(e)
         return {
             "reference_id": b["reference_id"],
@@ -215,3 +350,17 @@ def embed_references(encoder_uri: str, manifest: Manifest, out_uri: str) -> str:
     pq.write_table(table, buf)
     storage.write_bytes_atomic(out_uri, buf.getvalue())
     return out_uri
+
+
+def embedding_quality(embeddings_uri: str) -> dict:
+    """Leave-one-out nearest-centroid accuracy of the reference embeddings (overall, per class).
+
+    How well the frozen encoder separates the classes, measured on the references it embeds
+    (see :func:`tsd_ray.encoder_data.loo_centroid_accuracy`).
+    """
+    import pyarrow.parquet as pq
+
+    fs, path = storage.resolve(embeddings_uri)
+    t = pq.read_table(path, filesystem=fs, columns=["label", "embedding"])
+    emb = np.stack(t.column("embedding").to_numpy(zero_copy_only=False)).astype(np.float32)
+    return loo_centroid_accuracy(emb, t.column("label").to_pylist())

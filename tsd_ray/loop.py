@@ -97,19 +97,26 @@ class PhaseModel(nn.Module):
         self.discriminator = discriminator
         self.projector = projector
 
-    def forward(self, mel, embedding, frame_mask, *, groups=None, lambda_d: float = 0.0, teacher_gru=None, main=None):
+    def forward(
+        self, mel, embedding, frame_mask, *, groups=None, lambda_d: float = 0.0, teacher_gru=None, main=None,
+        domain_mask=None,
+    ):
         """Student outputs, domain logits through gradient reversal (or None), KD loss (or None).
 
         Everything trainable runs inside this one forward so DDP's reducer sees every
         parameter's gradient in the same step. With ``groups`` (packed mixtures, see
         :meth:`Detector.forward`) the domain logits are per ``mel`` row: one per mixture.
+        ``domain_mask`` (U, T'): the valid frames of each ``mel`` row, so the discriminator
+        ignores padding; default ``frame_mask`` when samples are not packed (then U == B).
         """
-        from tsd_ray.models.discriminator import grad_reverse
+        from tsd_ray.losses import domain_logits
 
         out = self.student(mel, embedding, frame_mask, groups)
         domain_logit = None
         if self.discriminator is not None:
-            domain_logit = self.discriminator(grad_reverse(out.z, lambda_d))  # (U,)
+            if domain_mask is None and groups is None:
+                domain_mask = frame_mask
+            domain_logit = domain_logits(out.z, self.discriminator, lambda_d, domain_mask)  # (U,)
         kd = None
         if self.projector is not None and teacher_gru is not None:
             kd = self.projector(teacher_gru, out.gru[main], frame_mask[main])
@@ -288,7 +295,8 @@ def compute_losses(ctx: Context, batch: dict[str, torch.Tensor]) -> tuple[torch.
             with torch.no_grad():
                 teacher_gru = teacher(ctx.kd_teacher).gru
         out, domain_logit, kd = ctx.model(
-            mel, emb, mask, groups=groups, lambda_d=phase.lambda_d, teacher_gru=teacher_gru, main=m
+            mel, emb, mask, groups=groups, lambda_d=phase.lambda_d, teacher_gru=teacher_gru, main=m,
+            domain_mask=mix_mask,
         )
         if bool(m.any()):
             if phase.loss == "frame":
@@ -297,7 +305,14 @@ def compute_losses(ctx: Context, batch: dict[str, torch.Tensor]) -> tuple[torch.
                     raise ValueError(f"phase {phase.name}: frame loss on rows without strong labels")
                 parts["frame"] = losses.frame_bce(out.frame_logits[strong], labels[strong], mask[strong])
             elif phase.loss == "clip":
-                parts["clip"] = losses.clip_bce(out.clip_prob[m], batch["clip_label"][m])
+                if ctx.core.student.clip_pooling == "linsoft":  # the w student (eq. 3)
+                    # LinSoft BCE from the frame logits in the log domain: no clamp, so a
+                    # saturated clip keeps its gradient
+                    parts["clip"] = losses.clip_bce_from_logits(
+                        out.frame_logits[m], batch["clip_label"][m], mask[m]
+                    )
+                else:  # an f student's clip_prob is the max over frames
+                    parts["clip"] = losses.clip_bce(out.clip_prob[m], batch["clip_label"][m])
             elif phase.loss == "pseudo":
                 with torch.no_grad():
                     t = teacher(ctx.pseudo_teacher)
@@ -501,32 +516,44 @@ def validate(ctx: Context, val_batches, rank: int = 0, world: int = 1) -> dict[s
     :func:`owner_rank`); rank 0 gathers the predictions, scores them and sends the scores to
     every worker, so all ranks take the same early-stopping and best-model decisions.
     """
-    from tsd_ray.evaluation import PostProcessing, score_samples
-
     student = ctx.core.student
     pairs = predict_batches(student, ctx.refs, own_rows(val_batches, rank, world), ctx.device, lambda: _autocast(ctx))
     samples = gather_samples(scored_samples(pairs), rank, world)
     if samples is None:  # not rank 0: wait for its scores
         return _broadcast_scores(None)
     classes = ctx.manifest["source_classes" if ctx.phase.val_split.startswith("source") else "target_classes"]
-    ev = ctx.cfg.eval
-    scores = score_samples(
-        samples,
-        PostProcessing(threshold=ev.threshold, median_frames=ev.median_frames),
-        classes=classes,
-        frame_hop_s=float(ctx.manifest["output_hop_s"]),
-        segment_s=ev.segment_s,
-        t_collar_s=ev.t_collar_s,
-        percentage_of_length=ev.percentage_of_length,
-    )
-    event_f, segment_f = _nz(scores.event_f), _nz(scores.segment_f)
-    result = {
+    result = validation_scores(samples, classes, float(ctx.manifest["output_hop_s"]), ctx.cfg.eval)
+    return _broadcast_scores(result) if world > 1 else result
+
+
+def validation_scores(samples: list, classes: list[str], frame_hop_s: float, ev) -> dict[str, float]:
+    """An epoch's validation scores from its predictions (``ev``: the ``eval`` config).
+
+    ``ev.selection`` "fixed": scored at ``ev.threshold`` / ``ev.median_frames``; "tuned": the
+    best of the grid ``selection_thresholds`` x ``selection_median_windows`` by
+    ``selection_metric`` (the predictions are made once and post-processed at each point).
+    ``val_score`` is what selects the best epoch, stops a phase early and chooses students.
+    """
+    from tsd_ray.evaluation import PostProcessing, score_samples, tune_postprocessing
+
+    kw = {"classes": classes, "frame_hop_s": frame_hop_s, "segment_s": ev.segment_s,
+          "t_collar_s": ev.t_collar_s, "percentage_of_length": ev.percentage_of_length}
+    extra = {}
+    if ev.selection == "tuned":
+        pp, table = tune_postprocessing(samples, thresholds=ev.selection_thresholds,
+                                        median_windows=ev.selection_median_windows, metric=ev.selection_metric, **kw)
+        event_f, segment_f = _nz(table["best"]["event_f"]), _nz(table["best"]["segment_f"])
+        extra = {"val_threshold": pp.threshold, "val_median_frames": pp.median_frames}
+    else:
+        scores = score_samples(samples, PostProcessing(threshold=ev.threshold, median_frames=ev.median_frames), **kw)
+        event_f, segment_f = _nz(scores.event_f), _nz(scores.segment_f)
+    return {
         "val_event_f": event_f,
         "val_segment_f": segment_f,
         "val_score": event_f if ev.selection_metric == "event_f" else segment_f,
         "val_samples": len(samples),
+        **extra,
     }
-    return _broadcast_scores(result) if world > 1 else result
 
 
 def _broadcast_scores(result: dict | None) -> dict:

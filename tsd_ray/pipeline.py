@@ -102,6 +102,7 @@ class Run:
         self.manifest = manifest
         self.ledger = Ledger.open(self.dir, result_digest(cfg))
         self.embeddings: str | None = None
+        self.encoder_quality: dict | None = None
         self.environment = environment.describe()
         environment.record(self.dir, self.environment)
         self.env_digest = environment.digest(self.environment)
@@ -122,14 +123,22 @@ class Run:
 
     # -- encoder ---------------------------------------------------------------------------
     def prepare_encoder(self) -> str:
-        from tsd_ray.encoder_train import embed_references, pretrain_encoder
+        from tsd_ray.encoder_train import embed_references, embedding_quality, pretrain_encoder
         from tsd_ray.runner import embeddings_file
 
         enc = self.step("encoder", lambda: {"model_uri": pretrain_encoder(
             self.cfg, self.manifest, storage_path=self.root, run_name=self.cfg.run.name)})
-        emb = self.step("embeddings", lambda: {"uri": embed_references(
-            enc["model_uri"], self.manifest, embeddings_file(self.root, self.cfg.run.name))})
+
+        def embed():
+            uri = embed_references(enc["model_uri"], self.manifest, embeddings_file(self.root, self.cfg.run.name))
+            return {"uri": uri, "quality": embedding_quality(uri)}
+
+        emb = self.step("embeddings", embed)
         self.embeddings = emb["uri"]
+        q = emb.get("quality") or embedding_quality(self.embeddings)  # ledgers of earlier versions lack it
+        self.encoder_quality = q
+        say(f"encoder: leave-one-out nearest-centroid accuracy of the reference embeddings "
+            f"{_pct(q['accuracy'])} ({q['n']} references, {len(q['per_class'])} classes)")
         return self.embeddings
 
     # -- phases ----------------------------------------------------------------------------
@@ -283,14 +292,14 @@ def run_all(cfg: Config, *, storage_override: str | None = None, ablations: bool
             say("SS skipped: the target training split has no strong labels")
         else:
             ss = run.phase(ss_phase(cfg))
-            results["SS"] = _scores(run.evaluate("SS-eval", ss["model_uri"]))
+            results["SS"] = _scores(run.evaluate("SS-eval", ss["model_uri"]), detail=True)
     if "WS" in recipes:
         ws = run.phase(ws_phase(cfg))
-        results["WS"] = _scores(run.evaluate("WS-eval", ws["model_uri"]))
+        results["WS"] = _scores(run.evaluate("WS-eval", ws["model_uri"]), detail=True)
     if "MS" in recipes:
         ms = run_ms(run, cfg.method)
         ev = run.evaluate("MS-eval", ms["final"]["model_uri"])
-        results["MS"] = _scores(ev)
+        results["MS"] = _scores(ev, detail=True)
         results["MS"]["final_student"] = ms["final_student"]
         if iteration_table:
             results["iterations"] = [
@@ -311,11 +320,9 @@ def run_all(cfg: Config, *, storage_override: str | None = None, ablations: bool
             results["ablations"][name] = {**_scores(run.evaluate(f"{name}-eval", ab["final"]["model_uri"])),
                                           "switches": {"KD": method.kd, "PS": method.pseudo, "AD": method.adversarial,
                                                        "SR": method.source_replay}}
-    results["settings"] = {
-        "segment_s": cfg.eval.segment_s, "t_collar_s": cfg.eval.t_collar_s,
-        "percentage_of_length": cfg.eval.percentage_of_length, "run": cfg.run.name,
-        "features": manifest.uri, "split": "target_test", "seed": cfg.train.seed,
-    }
+    results["settings"] = run_settings(cfg, manifest.uri)
+    if run.encoder_quality is not None:
+        results["encoder"] = run.encoder_quality
     results["environment"] = {**run.environment, "digest": run.env_digest,
                               "steps_by_environment": _steps_by_environment(run)}
     out = write_report(results, run.dir, title=f"tsd_ray run '{cfg.run.name}'")
@@ -324,8 +331,34 @@ def run_all(cfg: Config, *, storage_override: str | None = None, ablations: bool
     return {"results": results, "run_dir": run.dir, "report": out}
 
 
-def _scores(ev: dict) -> dict:
-    return {"segment_f": round(float(ev["segment_f"]), 2), "event_f": round(float(ev["event_f"]), 2)}
+def _pct(x: float | None) -> str:
+    return "–" if x is None else f"{100 * x:.1f} %"
+
+
+def run_settings(cfg: Config, features_uri: str) -> dict[str, Any]:
+    """``results["settings"]`` of a run: how it was scored, on what, and the method's switches.
+
+    ``report.md`` states the scoring keys in a sentence and lists the others on its Settings
+    line, so a report says whether MS ran the paper's Algorithm 1 as written
+    (``source_replay`` off, ``final_student`` f) and which of KD, pseudo supervision and the
+    adversarial term were on.
+    """
+    m = cfg.method
+    return {
+        "segment_s": cfg.eval.segment_s, "t_collar_s": cfg.eval.t_collar_s,
+        "percentage_of_length": cfg.eval.percentage_of_length, "run": cfg.run.name,
+        "features": features_uri, "split": "target_test", "seed": cfg.train.seed,
+        "kd": m.kd, "pseudo": m.pseudo, "adversarial": m.adversarial,
+        "source_replay": m.source_replay, "final_student": m.final_student,
+    }
+
+
+def _scores(ev: dict, detail: bool = False) -> dict:
+    """Table-1 scores of an evaluation; ``detail``: with its per-class scores and post-processing."""
+    out = {"segment_f": round(float(ev["segment_f"]), 2), "event_f": round(float(ev["event_f"]), 2)}
+    if detail:
+        out.update({k: ev[k] for k in ("per_class", "postprocessing") if ev.get(k) is not None})
+    return out
 
 
 def _steps_by_environment(run: Run) -> dict[str, list[str]]:

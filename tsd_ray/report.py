@@ -155,7 +155,11 @@ def format_table1(results: Mapping[str, Any]) -> str:
         raise ReportError(f"results has none of {list(METHODS)}: nothing for Table 1")
     out = _table(["Method", "Segment-F (%)", "Event-F (%)"], rows)
     gap = event_gap_closed(results)
-    if gap is not None:
+    below = [k for k in ("MS", "WS") if gap is not None and float(results["SS"]["event_f"]) < float(results[k]["event_f"])]
+    if below:
+        out += (f"\n\n**SS, the upper bound, scores below {' and '.join(below)} here** (event-F): SS is not an "
+                "upper bound on this run, so no share of the WS → SS gap is given. Look at the per-class scores.")
+    elif gap is not None:
         out += f"\n\nMS closes {gap:.1f} % of the WS → SS event-F gap."
     if results.get("MS", {}).get("final_student") == "w":
         out += "\n\nMS is scored with its w student, which had the higher validation score (method.final_student=best)."
@@ -272,9 +276,22 @@ def format_report(results: Mapping[str, Any], *, title: str) -> str:
         per_class = results.get(key, {}).get("per_class") if key in results else None
         if per_class:
             parts += [f"## Per-class scores: {key}", format_per_class_table(per_class)]
+    if results.get("encoder"):
+        parts += ["## Reference encoder", format_encoder_quality(results["encoder"])]
     if results.get("environment"):
         parts += ["## Environment", format_environment(results["environment"])]
     return "\n\n".join(parts) + "\n"
+
+
+def format_encoder_quality(q: Mapping[str, Any]) -> str:
+    """Leave-one-out nearest-centroid accuracy of the reference embeddings, overall and per class."""
+    acc = q.get("accuracy")
+    head = (f"Leave-one-out nearest-centroid accuracy of the {q.get('n', '?')} reference embeddings: "
+            f"**{fmt(None if acc is None else 100 * acc, 1)} %**")
+    if q.get("unscored"):
+        head += f" (one reference only, not scored: {', '.join(q['unscored'])})"
+    rows = [[str(c), fmt(None if a is None else 100 * a, 1)] for c, a in sorted(q.get("per_class", {}).items())]
+    return head + "\n\n" + _table(["Class", "Accuracy (%)"], rows)
 
 
 def format_environment(env: Mapping[str, Any]) -> str:

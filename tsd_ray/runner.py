@@ -156,20 +156,21 @@ def phase_datasets(manifest: Manifest, phase: PhaseSpec, seed: int = 0, cache_ma
     return datasets
 
 
-def data_config(datasets: dict, reproducible: bool):
-    """Ray Train's ingest: the training rows split across the workers; ``reproducible``: every
-    dataset fed in order, so the split deals each worker the same blocks run after run (Ray's
-    output splitter then ignores locality and gives each block to the worker with fewest rows)."""
+def data_config(datasets: dict, reproducible: bool, split: tuple[str, ...] = ("train",)):
+    """Ray Train's ingest: the ``split`` datasets' rows split across the workers (the others
+    read whole by every worker); ``reproducible``: every dataset fed in order, so the split
+    deals each worker the same blocks run after run (Ray's output splitter then ignores
+    locality and gives each block to the worker with fewest rows)."""
     from ray.train import DataConfig
 
     if not reproducible:
-        return DataConfig(datasets_to_split=["train"])
+        return DataConfig(datasets_to_split=list(split))
     options = {}
     for name in datasets:
         opts = DataConfig.default_ingest_options()
         opts.preserve_order = True
         options[name] = opts
-    return DataConfig(datasets_to_split=["train"], execution_options=options)
+    return DataConfig(datasets_to_split=list(split), execution_options=options)
 
 
 def run_phase(
