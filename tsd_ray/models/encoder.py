@@ -138,14 +138,8 @@ class Cnn14Encoder(nn.Module):
         out[:, : x.shape[1], : x.shape[2]] = x
         return out
 
-    def forward(self, mel: Tensor, n_frames: Tensor | None = None) -> EncoderOutput:
-        """``mel`` (B, T, F) log-mel -> :class:`EncoderOutput` (embedding (B, E), logits (B, K)).
-
-        ``n_frames`` (B,): frames of each clip holding signal (the rest is padding). Given, the
-        time pooling (max + mean) covers only the pooled frames that hold signal, so a short
-        clip's embedding does not depend on how much padding follows it (without it, the
-        padding's share of the mean made clip length a large part of the embedding).
-        """
+    def forward(self, mel: Tensor) -> EncoderOutput:
+        """``mel`` (B, T, F) log-mel -> :class:`EncoderOutput` (embedding (B, E), logits (B, K))."""
         if mel.ndim != 3 or mel.shape[2] != self.n_mels:
             raise ValueError(
                 f"Cnn14Encoder: expected mel of shape (B, T, {self.n_mels}), got {tuple(mel.shape)}"
@@ -160,14 +154,7 @@ class Cnn14Encoder(nn.Module):
             x = block(x, pool_size=(2, 2) if i < 5 else (1, 1))
             x = F.dropout(x, p=p, training=self.training)  # (B, C_i, T_i, F_i)
         x = x.mean(dim=3)  # (B, C6, T6): mean over frequency
-        if n_frames is None:
-            x = x.amax(dim=2) + x.mean(dim=2)  # (B, C6): max + mean over time
-        else:  # pooled frame j covers input frames [32 j, 32 j + 32): valid if it starts in the signal
-            step = 2**self.n_pool_blocks
-            n = torch.div(n_frames.to(x.device).long() + step - 1, step, rounding_mode="floor")
-            valid = torch.arange(x.shape[2], device=x.device)[None, :] < n.clamp(1, x.shape[2])[:, None]  # (B, T6)
-            v = valid[:, None, :]
-            x = x.masked_fill(~v, float("-inf")).amax(dim=2) + (x * v).sum(dim=2) / v.sum(dim=2)
+        x = x.amax(dim=2) + x.mean(dim=2)  # (B, C6): max + mean over time
         x = F.dropout(x, p=p, training=self.training)
         x = F.relu(self.fc1(x))
         x = F.dropout(x, p=p, training=self.training)
