@@ -28,7 +28,9 @@ def trained(tmp_path_factory, ray_local):
     from tsd_ray.runner import embeddings_file
 
     root = tmp_path_factory.mktemp("train")
-    cfg = load_config("tiny", ["frontend.device=cpu", "encoder.epochs=2", "train.num_workers=2"])
+    # the encoder learns from every labelled clip (train_on=all): the multi-label path on 2 workers
+    cfg = load_config("tiny", ["frontend.device=cpu", "encoder.epochs=2", "train.num_workers=2",
+                               "encoder.train_on=all"])
     corpus = make_corpus(root / "corpus", n_per_split=6)
     build_features(corpus, str(root / "features"), frontend=cfg.frontend, samples_cfg=cfg.samples,
                    build_cfg=cfg.build, use_ray=False)
