@@ -32,9 +32,14 @@ install: $(VENV)/.installed-stamp  ## exactly the lock, then tsd_ray itself (edi
 # Re-resolve the locks after editing dependencies in pyproject.toml: current pins are kept
 # where they still fit; `make lock-upgrade` moves every package to its newest allowed release.
 # Then run `make test` (the install check fails in seconds if the new set does not load).
+# A lock file is replaced only when its content changes (a new lock means a new venv).
 lock: install
-	$(BIN)/uv pip compile pyproject.toml requirements/build.in --all-extras $(LOCK_FLAGS) $(UPGRADE) -o $(LOCK)
-	$(BIN)/uv pip compile pyproject.toml requirements/build.in --extra cluster $(LOCK_FLAGS) -c $(LOCK) -o requirements/runtime.lock
+	cp $(LOCK) $(LOCK).new
+	$(BIN)/uv pip compile pyproject.toml requirements/build.in --all-extras $(LOCK_FLAGS) $(UPGRADE) -o $(LOCK).new
+	cmp -s $(LOCK).new $(LOCK) && rm $(LOCK).new || mv $(LOCK).new $(LOCK)
+	cp requirements/runtime.lock requirements/runtime.lock.new
+	$(BIN)/uv pip compile pyproject.toml requirements/build.in --extra cluster $(LOCK_FLAGS) -c $(LOCK) -o requirements/runtime.lock.new
+	cmp -s requirements/runtime.lock.new requirements/runtime.lock && rm requirements/runtime.lock.new || mv requirements/runtime.lock.new requirements/runtime.lock
 
 lock-upgrade:
 	$(MAKE) lock UPGRADE=--upgrade
