@@ -1,10 +1,10 @@
 """The conditional network: pretrain (or load PANNs), freeze, embed every reference once.
 
-Default (``encoder.train_on: all``): a Ray Train phase trains the Cnn14-style encoder as a
-multi-label classifier over every labelled clip of the training splits: the reference pool,
-the source-domain events cut at their onsets/offsets and the weak clips
-(:mod:`tsd_ray.encoder_data`), with augmentation aimed at new recordings. ``train_on:
-references`` trains on the reference pool alone (single-label, crop/gain augmentation).
+Default (``encoder.train_on: references``): a Ray Train phase trains the Cnn14-style encoder
+as a classifier over the labelled reference pool (single-label, crop/gain augmentation).
+``train_on: all`` trains it as a multi-label classifier over every labelled clip of the
+training splits: the reference pool, the source-domain events cut at their onsets/offsets and
+the weak clips (:mod:`tsd_ray.encoder_data`), with augmentation aimed at new recordings.
 With ``encoder.panns_checkpoint`` the public PANNs Cnn14 weights are loaded first (and with
 ``encoder.finetune_trunk: false`` only the embedding head trains). Then
 :func:`embed_references` writes the embedding table with Ray Data batch inference, and
@@ -18,6 +18,7 @@ import io
 import math
 import os
 import tempfile
+from functools import partial
 
 import numpy as np
 import torch
@@ -26,7 +27,13 @@ import torch.nn.functional as F
 from tsd_ray import checkpoint as ckpt
 from tsd_ray import storage
 from tsd_ray.config import Config, config_from_dict
-from tsd_ray.data import Manifest, read_references
+from tsd_ray.data import (
+    Manifest,
+    open_shard,
+    read_mixture_items,
+    read_mixture_table,
+    read_references,
+)
 from tsd_ray.encoder_data import (
     augment_items,
     event_items,
@@ -146,9 +153,9 @@ def soft_target_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> tor
     """Softmax cross-entropy against the multi-hot ``labels`` spread evenly over their classes.
 
     For a single-label item this is the usual cross-entropy; an item with k classes asks for
-    probability 1/k on each. Softmax (not per-class BCE) makes the classes compete, which is
-    what separates the embeddings of different classes (measured on real sound: BCE learnt
-    little beyond the class priors).
+    probability 1/k on each. Softmax (not per-class BCE) makes the classes compete for the
+    embedding (on the real dev corpus, per-class BCE's loss stayed near the entropy of the
+    class priors).
     """
     target = labels.float() / labels.float().sum(dim=1, keepdim=True).clamp_min(1.0)  # (B, K)
     return -(target * F.log_softmax(logits.float(), dim=1)).sum(dim=1).mean()
@@ -202,10 +209,6 @@ def encoder_datasets(cfg: Config, manifest: Manifest) -> tuple[dict, dict[str, i
     ``source_train`` (``train``, reference-length items) and whole weak clips of
     ``source_train`` and ``target_train`` (``weak``). Validation and test splits are never read.
     """
-    from functools import partial
-
-    from tsd_ray.data import read_mixture_items
-
     refs = read_references(manifest)
     n_refs = int(manifest.data["references"].get("mixtures", 0))
     if cfg.encoder.train_on == "references":
@@ -231,15 +234,10 @@ def encoder_datasets(cfg: Config, manifest: Manifest) -> tuple[dict, dict[str, i
 
 
 def _reference_frames(manifest: Manifest) -> int:
-    f = manifest.files("references")[0]
-    from tsd_ray.data import open_shard
-
-    return int(open_shard(f).schema_arrow.field("mel").type.shape[0])
+    return int(open_shard(manifest.files("references")[0]).schema_arrow.field("mel").type.shape[0])
 
 
 def _count_events(manifest: Manifest, split: str) -> int:
-    from tsd_ray.data import read_mixture_table
-
     t = read_mixture_table(manifest, split, columns=["event_labels"])
     return int(sum(len(x) for x in t.column("event_labels").to_pylist()))
 
