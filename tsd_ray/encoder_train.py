@@ -154,8 +154,8 @@ def soft_target_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> tor
 
     For a single-label item this is the usual cross-entropy; an item with k classes asks for
     probability 1/k on each. Softmax (not per-class BCE) makes the classes compete for the
-    embedding (on the real dev corpus, per-class BCE's loss stayed near the entropy of the
-    class priors).
+    embedding (on the real dev corpus, seed 0, per-class BCE gave a leave-one-out accuracy of
+    0.208 against 0.238: no better, within one seed's noise).
     """
     target = labels.float() / labels.float().sum(dim=1, keepdim=True).clamp_min(1.0)  # (B, K)
     return -(target * F.log_softmax(logits.float(), dim=1)).sum(dim=1).mean()
