@@ -56,6 +56,30 @@ def test_freeze_sets_eval_and_no_grad():
     assert torch.equal(enc(x).embedding, enc(x).embedding)  # dropout off
 
 
+def test_cosine_classifier_scores_direction_only_and_learns_its_scale():
+    enc = Cnn14Encoder(EncoderConfig(channels=NARROW_ENC.channels, embedding_dim=16, classifier="cosine"),
+                       n_mels=64, n_classes=5)
+    e = torch.randn(4, 16)
+    head = enc.fc_classifier
+    # the logits of e and of 7e are the same: only the embedding's direction counts
+    assert torch.allclose(head(e), head(7.0 * e), atol=1e-5)
+    # |logit| <= scale (a cosine times the scale), and the scale is a trained parameter
+    assert (head(e).abs() <= head.scale + 1e-5).all()
+    loss = head(e).logsumexp(1).mean()
+    loss.backward()
+    assert head.scale.grad is not None and head.weight.grad is not None
+    # the linear head, by contrast, grows with the embedding's norm
+    lin = Cnn14Encoder(NARROW_ENC, n_mels=64, n_classes=5).fc_classifier
+    assert not torch.allclose(lin(e), lin(7.0 * e))
+    assert {"fc_classifier.weight", "fc_classifier.scale"} <= set(enc.state_dict())
+
+
+def test_encoder_rejects_unknown_classifier():
+    with pytest.raises(ValueError, match="encoder.classifier"):
+        Cnn14Encoder(EncoderConfig(channels=NARROW_ENC.channels, embedding_dim=16, classifier="arc"),
+                     n_mels=64, n_classes=5)
+
+
 # ---------------------------------------------------------------------------- PANNs loading
 
 

@@ -81,6 +81,10 @@ class EncoderConfig:
     lr: float = 1e-3
     batch_size: int = 32
     patience: int = 5
+    # The pretraining head over the embedding: "linear", or "cosine" (normalised softmax with a
+    # learnt scale: classes are told apart by the embedding's direction, which is what the
+    # detector and the leave-one-out check see).
+    classifier: Literal["linear", "cosine"] = "linear"
     # What the encoder learns from (tsd_ray/encoder_data.py): "references" = the reference pool
     # alone; "all" = also the source-domain events cut at their onsets/offsets and the weak
     # clips (target_train, and source_train with its events' labels), multi-label, with

@@ -28,6 +28,7 @@ from tsd_ray.config import EncoderConfig
 __all__ = [
     "Cnn14Encoder",
     "ConvBlock",
+    "CosineClassifier",
     "EncoderOutput",
     "LoadReport",
     "PannsCheckpointError",
@@ -66,12 +67,31 @@ class ConvBlock(nn.Module):
         return x
 
 
+class CosineClassifier(nn.Module):
+    """Normalised-softmax head (NormFace, Wang et al. 2017): logits ``s * cos(e, w_k)``.
+
+    Its class scores depend only on the embedding's direction, the geometry the detector and
+    the nearest-centroid check use (embeddings are L2-normalised before either sees them); a
+    linear head can separate the training references by their norm and offset instead. The
+    scale ``s`` is learnt (initial 10), so no temperature is tuned to a corpus.
+    """
+
+    def __init__(self, embedding_dim: int, n_classes: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(n_classes, embedding_dim))
+        self.scale = nn.Parameter(torch.tensor(10.0))
+
+    def forward(self, e: Tensor) -> Tensor:
+        return self.scale * F.normalize(e.float(), dim=-1) @ F.normalize(self.weight.float(), dim=-1).T
+
+
 class Cnn14Encoder(nn.Module):
     """PANNs Cnn14 trunk + embedding and classifier heads.
 
     Args:
         cfg: ``channels`` (6 values; PANNs: 64, 128, 256, 512, 1024, 2048), ``embedding_dim``,
-            ``dropout`` (after each conv block and before/after ``fc1``).
+            ``dropout`` (after each conv block and before/after ``fc1``), ``classifier`` (the
+            pretraining head: ``linear`` or ``cosine``, :class:`CosineClassifier`).
         n_mels: mel bins ``F`` of the input (``bn0`` normalises each bin; PANNs: 64).
         n_classes: classes of the pretraining head (reference-pool labels).
 
@@ -99,7 +119,12 @@ class Cnn14Encoder(nn.Module):
             c_in = c_out
         self.fc1 = nn.Linear(c_in, c_in, bias=True)
         self.fc_embedding = nn.Linear(c_in, cfg.embedding_dim)
-        self.fc_classifier = nn.Linear(cfg.embedding_dim, n_classes)
+        if cfg.classifier == "cosine":
+            self.fc_classifier: nn.Module = CosineClassifier(cfg.embedding_dim, n_classes)
+        elif cfg.classifier == "linear":
+            self.fc_classifier = nn.Linear(cfg.embedding_dim, n_classes)
+        else:
+            raise ValueError(f"encoder.classifier: 'linear' or 'cosine', got {cfg.classifier!r}")
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -109,6 +134,8 @@ class Cnn14Encoder(nn.Module):
                 nn.init.xavier_uniform_(m.weight)
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
+            elif isinstance(m, CosineClassifier):
+                nn.init.xavier_uniform_(m.weight)
             elif isinstance(m, nn.BatchNorm2d):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
