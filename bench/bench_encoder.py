@@ -30,8 +30,8 @@ def stats_baseline(manifest) -> dict:
     should beat it; on the real dev corpus (seed 0) it did not."""
     import numpy as np
 
-    from tsd_ray.data import open_shard
-    from tsd_ray.encoder_data import loo_centroid_accuracy
+    from tsd_ray.data.shards import open_shard
+    from tsd_ray.train.encoder_items import loo_centroid_accuracy
 
     feats, labels = [], []
     for f in manifest.files("references"):
@@ -47,7 +47,7 @@ def stats_baseline(manifest) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     repo_on_path()
-    from tsd_ray.cli import add_config_args, config_from_args, setup_logging
+    from tsd_ray.apps.cli import add_config_args, config_from_args, setup_logging
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_args(p)
@@ -59,10 +59,10 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     cfg = config_from_args(args, [f"data.spec={args.spec}"])
 
-    from tsd_ray.encoder_train import embed_references, embedding_quality, pretrain_encoder
-    from tsd_ray.pipeline import prepare_features
-    from tsd_ray.ray_utils import ensure_ray
-    from tsd_ray.runner import embeddings_file
+    from tsd_ray.common.ray_env import ensure_ray
+    from tsd_ray.experiments.pipeline import prepare_features
+    from tsd_ray.train.driver import embeddings_file
+    from tsd_ray.train.encoder import embed_references, embedding_quality, pretrain_encoder
 
     ensure_ray()
     manifest = prepare_features(cfg, args.storage)

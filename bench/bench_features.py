@@ -96,9 +96,9 @@ def main(argv: list[str] | None = None) -> None:
     import soundfile as sf
     import torch
 
-    from tsd_ray.build import ShardPlan, _run_on_ray_data
-    from tsd_ray.config import BuildConfig, FrontendConfig
-    from tsd_ray.features import LogMel
+    from tsd_ray.common.config import BuildConfig, FrontendConfig
+    from tsd_ray.data.build import ShardPlan, _run_on_ray_data
+    from tsd_ray.data.features import LogMel
 
     root = workdir(args.workdir)
     wavs = make_wavs(root / f"wav{args.sr // 1000}k", args.n, sr=args.sr)

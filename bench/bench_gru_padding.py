@@ -17,7 +17,7 @@ import time
 import torch
 from torch import nn
 
-from tsd_ray.config import load_config
+from tsd_ray.common.config import load_config
 from tsd_ray.models.detector import Detector
 
 

@@ -3,7 +3,7 @@
 Two feature sets are built from synthetic 10-s clips (N and 10N samples, 2 samples per mixture,
 ``--rows-per-shard`` mixtures per Parquet file; build time is not measured, re-runs reuse them).
 Each pass runs in a fresh subprocess that starts ``ray.init(num_cpus=2)`` and iterates
-``tsd_ray.data.read_samples(features, "source_train").iter_torch_batches(batch_size=32)`` to the
+``tsd_ray.data.shards.read_samples(features, "source_train").iter_torch_batches(batch_size=32)`` to the
 end. Measured:
 
 * driver peak RSS : ``resource.getrusage(RUSAGE_SELF).ru_maxrss`` inside the subprocess (exact
@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> None:
                     help="mixtures per Parquet file (64: the N pass already spans several files)")
     ap.add_argument("--interval", type=float, default=0.2, help="memory sampling interval (s)")
     ap.add_argument("--reader", choices=("tsd", "v1", "per_file"), default="tsd",
-                    help="tsd: tsd_ray.data.read_samples (what is benchmarked); v1 / per_file: "
+                    help="tsd: tsd_ray.data.shards.read_samples (what is benchmarked); v1 / per_file: "
                          "alternative readers for comparison (see bench/common.py read_dataset)")
     ap.add_argument("--workdir", default=DEFAULT_WORKDIR)
     ap.add_argument("--child", metavar="FEATURES", help=argparse.SUPPRESS)

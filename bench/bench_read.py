@@ -2,14 +2,14 @@
 
 Same rows, same run:
 
-* tsd ray data : ``tsd_ray.data.read_samples(features, "source_train")`` (the numeric training
+* tsd ray data : ``tsd_ray.data.shards.read_samples(features, "source_train")`` (the numeric training
                  keys only: mel (501, 64) float16, frame_labels (250,) float32 and 6 scalars)
                  through ``iter_torch_batches(batch_size=32)`` on ``ray.init(num_cpus=2)``.
                  The pass includes ``read_samples`` itself (manifest, reference table) and Ray
                  Data's start-up, as every training epoch pays them.
 * per-file     : a plain PyTorch ``DataLoader(num_workers=2, batch_size=32)`` over one pickle
                  file per sample holding the same keys (the reference implementation's layout).
-                 The pickles are written from the built rows (via ``tsd_ray.data.iter_local``).
+                 The pickles are written from the built rows (via ``tsd_ray.data.shards.iter_local``).
 
 Features are built once from synthetic 10-s clips (content does not matter; build time is not
 measured; a re-run reuses them). Each path runs ``--epochs`` passes: epoch 1 after trying to
@@ -69,7 +69,7 @@ class PickleDataset:
 
 def prepare(root: Path, n_samples: int, rows_per_shard: int, workers: int) -> tuple[str, list[str]]:
     """Built features for ``n_samples`` TSD samples (2 per mixture) and one pickle per sample."""
-    from tsd_ray import data
+    from tsd_ray.data.shards import shards as data
 
     n_mix = (n_samples + 1) // 2
     wavs = make_wavs(root / "wav22k", n_mix, sr=22050)
@@ -104,7 +104,7 @@ def _checksum(batch, acc: dict) -> None:
 
 
 def ray_pass(features: str, batch_size: int, shuffle_buffer: int | None) -> dict:
-    from tsd_ray import data
+    from tsd_ray.data.shards import shards as data
 
     acc = {"rows": 0, "labels": 0.0, "targets": 0}
     t0 = time.perf_counter()
@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> None:
     features, paths = prepare(root, args.n, args.rows_per_shard, args.cpus)
     prep_s = time.perf_counter() - t0
     size = lambda files: sum(os.path.getsize(f) for f in files) / 2**20  # noqa: E731
-    from tsd_ray import data
+    from tsd_ray.data.shards import shards as data
 
     parquet_mb = size(data.load_manifest(features).files(SPLIT))
     print(f"# bench_read: {len(paths)} samples, batch {args.batch_size}, {args.cpus} cpus, "

@@ -2,11 +2,11 @@
 
 Same run, same model, same batch size, same rows:
 
-* bare     : ``tsd_ray.loop.train_epoch`` (the training step every phase runs: augmentation,
+* bare     : ``tsd_ray.train.worker.train_epoch`` (the training step every phase runs: augmentation,
              reference lookup, forward, loss, backward, clip, Adam) called directly in this
              process over the split's rows held in memory as tensors (shuffled per epoch).
              No Ray, no DDP, no data streaming: the upper bound.
-* ray w=N  : ``tsd_ray.runner.run_phase`` — a real ``TorchTrainer`` fit with N workers, rows
+* ray w=N  : ``tsd_ray.train.driver.run_phase`` — a real ``TorchTrainer`` fit with N workers, rows
              streamed from the Parquet shards by Ray Data (``iter_torch_batches``; by default
              with ``train.cache_max_samples=0``, the streaming path every L-TSD-size split takes), DDP
              (gloo on CPU, NCCL on GPU), validation and a checkpoint every epoch.
@@ -93,11 +93,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 def prepare(args, wd: Path):
     """Features of ``--n`` training + ``--n-val`` validation mixtures and an embedding table
     (from an untrained encoder: content does not matter for throughput)."""
-    from tsd_ray import checkpoint as ckpt
-    from tsd_ray.data import load_manifest
-    from tsd_ray.encoder_train import embed_references
+    from tsd_ray.common.types import Corpus
+    from tsd_ray.data.shards import load_manifest
+    from tsd_ray.models import checkpoint as ckpt
     from tsd_ray.models.encoder import Cnn14Encoder
-    from tsd_ray.types import Corpus
+    from tsd_ray.train.encoder import embed_references
 
     sr = 22050
     paths = make_wavs(wd / "wav", args.n + args.n_val, sr=sr)
@@ -119,7 +119,7 @@ def prepare(args, wd: Path):
 
 
 def config(args, **train):
-    from tsd_ray.config import load_config
+    from tsd_ray.common.config import load_config
 
     over = ["frontend.device=cpu", f"train.cache_max_samples={args.cache_max_samples}"]
     if args.batch_size:
@@ -133,7 +133,7 @@ def config(args, **train):
 
 
 def phase_spec(cfg, epochs: int):
-    from tsd_ray.phase import make_phase
+    from tsd_ray.train.phase import make_phase
 
     # the first phase of Algorithm 1 without the adversary: f student, frame loss
     return make_phase(cfg, "f_source", "bench_f", student="f", train_split=SPLIT, val_split=VAL,
@@ -149,10 +149,10 @@ def bare_loop(args, manifest, emb_uri: str) -> dict:
     import numpy as np
     import torch
 
-    from tsd_ray import checkpoint as ckpt
-    from tsd_ray.data import NUMERIC_KEYS, iter_local
-    from tsd_ray.loop import Context, PhaseModel, load_reference_table, train_epoch
+    from tsd_ray.data.shards import NUMERIC_KEYS, iter_local
+    from tsd_ray.models import checkpoint as ckpt
     from tsd_ray.models.detector import Detector
+    from tsd_ray.train.worker import Context, PhaseModel, load_reference_table, train_epoch
 
     torch.set_num_threads(args.threads)
     cfg = config(args)
@@ -194,7 +194,7 @@ def bare_loop(args, manifest, emb_uri: str) -> dict:
 
 
 def ray_phase(args, manifest, emb_uri: str, workers: int, wd: Path) -> dict:
-    from tsd_ray.runner import run_phase
+    from tsd_ray.train.driver import run_phase
 
     cfg = config(args, num_workers=workers, max_failures=0)
     spec = phase_spec(cfg, args.epochs)
@@ -245,7 +245,7 @@ def main(argv=None) -> dict:
     import ray
     import torch
 
-    from tsd_ray.runner import scaling_config
+    from tsd_ray.train.driver import scaling_config
 
     if args.gpu and not torch.cuda.is_available():
         raise SystemExit("--gpu: no CUDA device visible here")

@@ -83,10 +83,10 @@ def make_corpus(paths: Sequence[str], split: str = "source_train", *, n_referenc
     1 positive + 1 negative, since the domain has 2 classes).
 
     With ``n_references`` the first files double as reference clips, spread over the 4 classes
-    (cropped to ``reference_seconds`` by the build): :func:`tsd_ray.data.read_samples` needs a
+    (cropped to ``reference_seconds`` by the build): :func:`tsd_ray.data.shards.read_samples` needs a
     reference table.
     """
-    from tsd_ray.types import SPLIT_DOMAIN, Corpus, Event, MixtureRecord, ReferenceRecord
+    from tsd_ray.common.types import SPLIT_DOMAIN, Corpus, Event, MixtureRecord, ReferenceRecord
 
     domain = SPLIT_DOMAIN[split]
     classes = SOURCE_CLASSES if domain == "source" else TARGET_CLASSES
@@ -110,8 +110,8 @@ def make_corpus(paths: Sequence[str], split: str = "source_train", *, n_referenc
 
 def build(corpus, out: Path, *, rows_per_shard: int, workers: int, use_ray: bool):
     """tsd_ray's feature build of ``corpus`` into ``out`` (CPU mels); returns the BuildResult."""
-    from tsd_ray.build import build_features
-    from tsd_ray.config import BuildConfig, FrontendConfig, SamplesConfig
+    from tsd_ray.common.config import BuildConfig, FrontendConfig, SamplesConfig
+    from tsd_ray.data.build import build_features
 
     return build_features(
         corpus,
@@ -136,7 +136,7 @@ def init_ray(num_cpus: int, tmp: Path) -> float:
     os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
     import ray
 
-    from tsd_ray.ray_utils import quiet_data_context
+    from tsd_ray.common.ray_env import quiet_data_context
 
     tmp.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -152,12 +152,12 @@ def init_ray(num_cpus: int, tmp: Path) -> float:
 
 
 def read_dataset(features: str, split: str, reader: str = "tsd"):
-    """The Ray Dataset of a split's training samples. ``tsd``: :func:`tsd_ray.data.read_samples`
+    """The Ray Dataset of a split's training samples. ``tsd``: :func:`tsd_ray.data.shards.read_samples`
     as it is; ``v1``: the same with Ray Data's V1 Parquet datasource (sets the driver's
     DataContext); ``per_file``: :func:`per_file_reader` (an alternative, not tsd_ray's)."""
     from ray.data import DataContext
 
-    from tsd_ray import data
+    from tsd_ray.data.shards import shards as data
 
     if reader == "per_file":
         return per_file_reader(features, split)
@@ -172,7 +172,8 @@ def per_file_reader(features: str, split: str):
     import pyarrow.parquet as pq
     import ray
 
-    from tsd_ray import data, storage
+    from tsd_ray.common import storage
+    from tsd_ray.data.shards import shards as data
 
     manifest = data.load_manifest(features)
     expand = data._expander(manifest, None, False)

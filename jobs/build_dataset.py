@@ -9,9 +9,7 @@ import argparse
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from tsd_ray.cli import add_config_args, config_from_args, setup_logging  # noqa: E402
+from tsd_ray.apps.cli import add_config_args, config_from_args, setup_logging
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,8 +22,8 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     cfg = config_from_args(args)
 
-    from tsd_ray.build import BuildError, build_features
-    from tsd_ray.corpora import SpecError, load_spec, read_corpus
+    from tsd_ray.data.build import BuildError, build_features
+    from tsd_ray.data.corpora import SpecError, load_spec, read_corpus
 
     try:
         spec = load_spec(args.spec)

@@ -21,8 +21,6 @@ import dataclasses
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 
 def _export(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="jobs/detect.py export", description="Write a self-contained detector file.")
@@ -36,8 +34,8 @@ def _export(argv: list[str]) -> int:
     p.add_argument("--out", required=True, help="detector file to write (path or URI)")
     args = p.parse_args(argv)
 
-    from tsd_ray.checkpoint import CheckpointError, export_detector
-    from tsd_ray.detect import DetectError, export_from_run
+    from tsd_ray.apps.detect import DetectError, export_from_run
+    from tsd_ray.models.checkpoint import CheckpointError, export_detector
 
     try:
         if args.run:
@@ -55,7 +53,7 @@ def _export(argv: list[str]) -> int:
 
 
 def _write(path: str | None, text: str) -> None:
-    from tsd_ray.detect import write_text
+    from tsd_ray.apps.detect import write_text
 
     if path in (None, "-"):
         sys.stdout.write(text)
@@ -85,10 +83,10 @@ def _detect(argv: list[str]) -> int:
     p.add_argument("--serial", action="store_true", help="folder mode without Ray (one process)")
     args = p.parse_args(argv)
 
-    from tsd_ray import detect
-    from tsd_ray.audio import AudioError
-    from tsd_ray.checkpoint import CheckpointError
-    from tsd_ray.evaluation import PostProcessing
+    from tsd_ray.apps import detect
+    from tsd_ray.data.audio import AudioError
+    from tsd_ray.metrics.scoring import PostProcessing
+    from tsd_ray.models.checkpoint import CheckpointError
 
     label = args.label or detect.DEFAULT_LABEL
     try:
@@ -126,13 +124,13 @@ def _detect(argv: list[str]) -> int:
         if args.frames:
             _write(args.frames, detect.format_frames_tsv([d]))
         if truth and all(e.label == label for e in truth):
-            from tsd_ray.evaluation import score_event_lists
+            from tsd_ray.metrics.scoring import score_event_lists
 
             sc = score_event_lists({name: truth}, {name: list(d.events)}, {name: d.duration_s}, classes=[label])
             print(f"vs {args.labels}: event-F {sc.event_f:.1f} %, segment-F {sc.segment_f:.1f} % "
                   f"({len(truth)} true, {len(d.events)} detected events)", file=sys.stderr)
         if args.plot:
-            from tsd_ray.plots import plot_detection
+            from tsd_ray.apps.plots import plot_detection
 
             plot_detection(d, args.plot, true_events=truth)
         print(f"{name}: {d.duration_s:.1f} s, {len(d.events)} events", file=sys.stderr)

@@ -10,9 +10,7 @@ import json
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from tsd_ray.cli import add_config_args, config_from_args, setup_logging  # noqa: E402
+from tsd_ray.apps.cli import add_config_args, config_from_args, setup_logging
 
 
 def choose_val_split(split: str, val_split: str | None) -> tuple[str, str | None]:
@@ -24,7 +22,7 @@ def choose_val_split(split: str, val_split: str | None) -> tuple[str, str | None
     domain (its samples hold the other domain's classes, so nothing on it says how the scored
     classes should be post-processed).
     """
-    from tsd_ray.types import SPLIT_DOMAIN
+    from tsd_ray.common.types import SPLIT_DOMAIN
 
     known = ", ".join(SPLIT_DOMAIN)
     if split not in SPLIT_DOMAIN:
@@ -63,11 +61,11 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     cfg = config_from_args(args)
 
-    from tsd_ray import environment, storage
-    from tsd_ray.checkpoint import CheckpointError, load_payload
-    from tsd_ray.data import load_manifest
-    from tsd_ray.predict import evaluate_model
-    from tsd_ray.report import write_evaluation
+    from tsd_ray.common import environment, storage
+    from tsd_ray.data.shards import load_manifest
+    from tsd_ray.evaluate.predict import evaluate_model
+    from tsd_ray.evaluate.report import write_evaluation
+    from tsd_ray.models.checkpoint import CheckpointError, load_payload
 
     model = args.checkpoint
     if not model.endswith(".pt"):

@@ -7,13 +7,10 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from tsd_ray.cli import add_config_args, config_from_args, setup_logging  # noqa: E402
-from tsd_ray.ledger import LedgerError  # noqa: E402
+from tsd_ray.apps.cli import add_config_args, config_from_args, setup_logging
+from tsd_ray.experiments.ledger import LedgerError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     extra = [f"run.name={args.run_name}"] if args.run_name else []
     cfg = config_from_args(args, extra)
 
-    from tsd_ray.pipeline import run_all
+    from tsd_ray.experiments.pipeline import run_all
 
     try:
         run_all(cfg, storage_override=args.storage, ablations=args.ablations,

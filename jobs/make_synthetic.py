@@ -12,14 +12,8 @@ import argparse
 import logging
 import sys
 import time
-from pathlib import Path
 
-try:
-    import tsd_ray  # noqa: F401
-except ImportError:  # running from a checkout without `pip install -e .`
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from tsd_ray.synthetic import PRESETS, CorpusDirError, corpus_size_bytes, make_corpus
+from tsd_ray.data.synthetic import PRESETS, CorpusDirError, corpus_size_bytes, make_corpus
 
 
 def main(argv: list[str] | None = None) -> int:

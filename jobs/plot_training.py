@@ -8,10 +8,7 @@ RUN_DIR is the run's folder under the storage path (it holds ledger.json).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,9 +18,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", action="append", help="only ledger steps whose name starts with this (repeatable)")
     args = p.parse_args(argv)
 
-    from tsd_ray import storage
-    from tsd_ray.detect import DetectError
-    from tsd_ray.plots import plot_training
+    from tsd_ray.apps.detect import DetectError
+    from tsd_ray.apps.plots import plot_training
+    from tsd_ray.common import storage
 
     run_dir = args.run_dir[: -len("/ledger.json")] if args.run_dir.endswith("/ledger.json") else args.run_dir
     out = args.out or storage.join(run_dir, "training_curves.png")

@@ -14,13 +14,10 @@ TensorBoard logs (tensorboard --logdir <storage>/<name>). See docs/tune.md.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from tsd_ray.cli import add_config_args, setup_logging  # noqa: E402
-from tsd_ray.config import ConfigError  # noqa: E402
+from tsd_ray.apps.cli import add_config_args, setup_logging
+from tsd_ray.common.config import ConfigError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     setup_logging()
 
-    from tsd_ray.tune import run_search, validate
+    from tsd_ray.experiments.tune import run_search, validate
 
     try:
         space, base, _ = validate(args.space, args.config, args.overrides)

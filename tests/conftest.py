@@ -23,7 +23,7 @@ def ray_local():
     """A local 2-CPU Ray for the whole session (started once: ray.init costs 4-6 s)."""
     import ray
 
-    from tsd_ray.ray_utils import quiet_data_context
+    from tsd_ray.common.ray_env import quiet_data_context
 
     if ray.is_initialized():
         yield ray

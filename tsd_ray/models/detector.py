@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tsd_ray.config import DetectorConfig
-from tsd_ray.losses import linsoft_pool
+from tsd_ray.common.config import DetectorConfig
+from tsd_ray.models.pooling import linsoft_pool
 
 __all__ = ["ClipPooling", "Detector", "DetectorOutput", "output_frames"]
 

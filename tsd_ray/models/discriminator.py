@@ -2,9 +2,9 @@
 
 The discriminator sees the student's CNN feature map ``z`` (before the reference embedding is
 joined) and predicts the domain: logit > 0 means "target". Trained with
-:func:`tsd_ray.losses.domain_loss` on ``sigmoid(logit)``; the student sees it through
+:func:`tsd_ray.train.losses.domain_loss` on ``sigmoid(logit)``; the student sees it through
 :func:`grad_reverse`, which turns one backward pass into the min-max of eq. 9 (see the recipe in
-:mod:`tsd_ray.losses`).
+:mod:`tsd_ray.train.losses`).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from tsd_ray.config import DiscriminatorConfig
+from tsd_ray.common.config import DiscriminatorConfig
 
 __all__ = ["Discriminator", "GradReverse", "grad_reverse"]
 

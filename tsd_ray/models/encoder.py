@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tsd_ray.config import EncoderConfig
+from tsd_ray.common.config import EncoderConfig
 
 __all__ = [
     "Cnn14Encoder",

@@ -1,0 +1,152 @@
+"""Augmentation keeps frame labels aligned with the features."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tsd_ray.common.config import AugmentConfig
+from tsd_ray.train.augment import augment_batch, freq_mask, time_mask, time_shift
+
+
+def _impulse_batch(b: int, t_in: int, starts: list[int], f: int = 8):
+    """Rows with an 'event' (value 10) at input frames [2k, 2k+2) and its label at frame k."""
+    t_out = t_in // 2
+    mel = torch.zeros(b, t_in, f)
+    labels = torch.zeros(b, t_out)
+    for row, k in enumerate(starts):
+        mel[row, 2 * k : 2 * k + 2] = 10.0
+        labels[row, k] = 1.0
+    return mel, labels
+
+
+def _assert_aligned(mel: torch.Tensor, labels: torch.Tensor):
+    t_out = labels.shape[1]
+    active_in = mel[:, : 2 * t_out].amax(dim=2) > 5  # (B, 2T')
+    active_out = active_in.reshape(mel.shape[0], t_out, 2)
+    # every labelled frame covers exactly the two event frames, and nothing else is active
+    assert torch.equal(active_out.all(dim=2), labels > 0.5)
+    assert torch.equal(active_out.any(dim=2), labels > 0.5)
+
+
+@pytest.mark.parametrize("t_in", [501, 201, 20])
+def test_time_shift_moves_labels_with_features(t_in):
+    t_out = t_in // 2
+    starts = [0, t_out - 1, t_out // 2, 3, 1, t_out - 2]
+    mel, labels = _impulse_batch(len(starts), t_in, starts)
+    g = torch.Generator().manual_seed(0)
+    moved = 0
+    for _ in range(10):
+        new_mel, new_labels = time_shift(mel, labels, max_shift_out_frames=7, generator=g)
+        assert new_mel.shape == mel.shape and new_labels.shape == labels.shape
+        _assert_aligned(new_mel, new_labels)
+        assert torch.equal(new_labels.sum(1), labels.sum(1))  # circular: nothing lost
+        moved += int(not torch.equal(new_labels, labels))
+    assert moved > 0  # the shift really moves things
+
+
+def test_grouped_time_shift_moves_each_samples_labels_with_its_mixture():
+    """Packed batches: mel rows are mixtures, label rows samples (groups: sample -> mixture)."""
+    t_in, starts = 60, [4, 20, 27]
+    mel, labels = _impulse_batch(3, t_in, starts)
+    groups = torch.tensor([0, 1, 1, 2, 0])
+    sample_labels = labels[groups].clone()
+    sample_labels[2] = 0.0  # another target in mixture 1: no event of its own
+    mask = torch.arange(30)[None, :] < torch.tensor([30, 30, 25])[:, None]
+    g = torch.Generator().manual_seed(3)
+    moved = 0
+    for _ in range(10):
+        new_mel, new_labels = time_shift(mel, sample_labels, 6, g, mask, groups)
+        assert new_labels.shape == (5, 30)
+        _assert_aligned(new_mel[groups[[0, 1, 3, 4]]], new_labels[[0, 1, 3, 4]])
+        assert new_labels[2].sum() == 0
+        moved += int(not torch.equal(new_labels, sample_labels))
+    assert moved > 0
+    with pytest.raises(ValueError, match="frame labels"):
+        time_shift(mel, labels, 6, g, mask, groups)  # 3 label rows for 5 samples
+
+
+def test_time_shift_odd_last_frame_stays_and_is_not_wrapped():
+    mel, labels = _impulse_batch(1, 11, [4])
+    mel[0, 10] = -3.0  # the 11th input frame is not covered by any label
+    g = torch.Generator().manual_seed(1)
+    for _ in range(5):
+        new_mel, new_labels = time_shift(mel, labels, 3, g)
+        assert torch.all(new_mel[0, 10] == -3.0)
+        _assert_aligned(new_mel, new_labels)
+
+
+def test_time_shift_respects_frame_mask():
+    mel, labels = _impulse_batch(2, 40, [2, 9])
+    mask = torch.ones(2, 20, dtype=torch.bool)
+    mask[1, 12:] = False  # row 1 valid for 12 output frames (24 input frames)
+    mel[1, 24:] = -7.0  # padding
+    g = torch.Generator().manual_seed(3)
+    for _ in range(10):
+        new_mel, new_labels = time_shift(mel, labels, 5, g, frame_mask=mask)
+        _assert_aligned(new_mel.clamp_min(0), new_labels)
+        assert torch.all(new_mel[1, 24:] == -7.0)  # padding stays put ...
+        assert torch.all(new_mel[1, :24] >= 0)  # ... and never wraps into the valid part
+        assert new_labels[1, 12:].sum() == 0
+
+
+def test_time_shift_multiple_label_tensors_move_together():
+    mel, labels = _impulse_batch(3, 50, [1, 10, 20])
+    soft = labels * 0.7
+    g = torch.Generator().manual_seed(5)
+    new_mel, (a, b) = time_shift(mel, (labels, soft), 6, g)
+    assert torch.allclose(b, a * 0.7)
+    _assert_aligned(new_mel, a)
+
+
+def test_time_shift_zero_is_identity_and_bad_shapes_raise():
+    mel, labels = _impulse_batch(2, 20, [1, 2])
+    g = torch.Generator().manual_seed(0)
+    m2, l2 = time_shift(mel, labels, 0, g)
+    assert torch.equal(m2, mel) and torch.equal(l2, labels)
+    with pytest.raises(ValueError, match="frame labels"):
+        time_shift(mel, labels[:, :5], 2, g)
+    with pytest.raises(ValueError, match="frame labels"):
+        time_shift(mel[:, :15], labels, 2, g)
+
+
+def test_masks_change_features_not_time_or_labels():
+    g = torch.Generator().manual_seed(0)
+    mel = torch.randn(4, 60, 16)
+    fm = freq_mask(mel, 6, g)
+    tm = time_mask(mel, 10, g)
+    assert fm.shape == mel.shape and tm.shape == mel.shape
+    # freq mask: whole mel bins replaced for all frames; time mask: whole frames
+    changed_f = (fm != mel).any(dim=1)  # (B, F)
+    assert changed_f.sum(1).max() <= 6 and changed_f.any()
+    changed_t = (tm != mel).any(dim=2)  # (B, T)
+    assert changed_t.sum(1).max() <= 10 and changed_t.any()
+    # unmasked values untouched
+    assert torch.equal(fm[~(fm != mel)], mel[~(fm != mel)])
+
+
+def test_augment_batch_keeps_alignment_and_passes_other_keys():
+    mel, labels = _impulse_batch(4, 101, [0, 10, 25, 49])
+    batch = {
+        "mel": mel,
+        "frame_labels": labels,
+        "clip_label": torch.ones(4),
+        "id": ["a", "b", "c", "d"],
+    }
+    cfg = AugmentConfig(time_shift_frames=8, freq_mask_bins=0, time_mask_frames=0)
+    out = augment_batch(batch, cfg, torch.Generator().manual_seed(0))
+    _assert_aligned(out["mel"], out["frame_labels"])
+    assert out["id"] is batch["id"] and torch.equal(out["clip_label"], batch["clip_label"])
+    assert batch["mel"] is mel and torch.equal(batch["frame_labels"], labels)  # input untouched
+    full = AugmentConfig(time_shift_frames=8, freq_mask_bins=3, time_mask_frames=4)
+    out = augment_batch(batch, full, torch.Generator().manual_seed(0))
+    assert out["mel"].shape == mel.shape and torch.equal(out["frame_labels"].sum(1), labels.sum(1))
+
+
+def test_augment_batch_is_reproducible_from_generator():
+    mel = torch.randn(3, 41, 8)
+    labels = (torch.rand(3, 20) > 0.5).float()
+    cfg = AugmentConfig(time_shift_frames=5, freq_mask_bins=2, time_mask_frames=3)
+    a = augment_batch({"mel": mel, "frame_labels": labels}, cfg, torch.Generator().manual_seed(9))
+    b = augment_batch({"mel": mel, "frame_labels": labels}, cfg, torch.Generator().manual_seed(9))
+    assert torch.equal(a["mel"], b["mel"]) and torch.equal(a["frame_labels"], b["frame_labels"])

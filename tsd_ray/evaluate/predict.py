@@ -1,0 +1,103 @@
+"""Batch inference of a student over a split with Ray Data, and scoring with sed_eval."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from tsd_ray.common.config import EvalConfig
+from tsd_ray.data.shards import Manifest, read_samples
+from tsd_ray.models import checkpoint as ckpt
+
+
+class _Predictor:
+    """Ray Data actor: a frozen student + reference table on the best device."""
+
+    def __init__(self, model_uri: str, embeddings_uri: str, n_classes: int):
+        from tsd_ray.train.worker import load_reference_table
+
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.model = ckpt.load_student(model_uri).to(self.device).eval()
+        self.refs = load_reference_table(embeddings_uri, n_classes).to(self.device)
+
+    def __call__(self, b: dict) -> dict:
+        from tsd_ray.train.worker import predict_batches
+
+        (_, probs), = list(predict_batches(self.model, self.refs, [b], self.device))
+        keep = ("sample_id", "target", "n_valid", "event_onsets", "event_offsets")
+        out = {k: b[k] for k in keep}
+        out["probs"] = probs.astype(np.float32)
+        return out
+
+
+def predict_split(model_uri: str, manifest: Manifest, embeddings_uri: str, split: str, *, batch_size: int = 64):
+    """ScoredSamples of ``split`` for a student model file (Ray Data actor pool, GPU if any)."""
+    import ray
+
+    from tsd_ray.common.ray_env import cluster_gpus, ensure_ray
+    from tsd_ray.common.types import Event
+    from tsd_ray.metrics.scoring import ScoredSample
+
+    ensure_ray()
+    ds = read_samples(manifest, split, with_ids=True).map_batches(
+        _Predictor,
+        fn_constructor_kwargs={"model_uri": model_uri, "embeddings_uri": embeddings_uri, "n_classes": len(manifest.classes)},
+        batch_size=batch_size,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=1),
+        num_gpus=1 if cluster_gpus() > 0 else 0,
+        num_cpus=1,
+    )
+    samples = []
+    for b in ds.iter_batches(batch_size=256, batch_format="numpy"):
+        for i in range(len(b["sample_id"])):
+            target = str(b["target"][i])
+            samples.append(
+                ScoredSample(
+                    sample_id=str(b["sample_id"][i]),
+                    target=target,
+                    probs=np.asarray(b["probs"][i], dtype=np.float32),
+                    events=tuple(Event(float(a), float(z), target) for a, z in zip(b["event_onsets"][i], b["event_offsets"][i])),
+                    n_valid=int(b["n_valid"][i]),
+                )
+            )
+    samples.sort(key=lambda s: s.sample_id)
+    return samples
+
+
+def score_kwargs(ev: EvalConfig, hop_s: float) -> dict:
+    return {
+        "frame_hop_s": hop_s,
+        "segment_s": ev.segment_s,
+        "t_collar_s": ev.t_collar_s,
+        "percentage_of_length": ev.percentage_of_length,
+    }
+
+
+def evaluate_model(model_uri: str, manifest: Manifest, embeddings_uri: str, ev: EvalConfig, *, split: str = "target_test", val_split: str = "target_val") -> dict:
+    """Tune threshold + median window on ``val_split`` only, then score ``split``.
+
+    Returns {"segment_f", "event_f", "postprocessing", "per_class", "val": {...}, "settings"}.
+    """
+    from tsd_ray.metrics.scoring import score_samples, tune_postprocessing
+
+    classes = manifest.target_classes if split.startswith("target") else manifest.source_classes
+    kw = score_kwargs(ev, manifest.output_hop_s)
+    val = predict_split(model_uri, manifest, embeddings_uri, val_split)
+    pp, grid = tune_postprocessing(
+        val, classes=classes, thresholds=list(ev.thresholds), median_windows=list(ev.median_windows),
+        metric=ev.selection_metric, **kw,
+    )
+    test = predict_split(model_uri, manifest, embeddings_uri, split)
+    scores = score_samples(test, pp, classes=classes, **kw)
+    return {
+        "split": split,
+        "segment_f": float(scores.segment_f),
+        "event_f": float(scores.event_f),
+        "segment_f_micro": float(scores.segment_f_micro),
+        "event_f_micro": float(scores.event_f_micro),
+        "postprocessing": {"threshold": pp.threshold, "median_frames": pp.median_frames},
+        "per_class": scores.per_class,
+        "n_samples": scores.n_samples,
+        "settings": {"segment_s": ev.segment_s, "t_collar_s": ev.t_collar_s, "percentage_of_length": ev.percentage_of_length},
+    }

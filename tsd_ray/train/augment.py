@@ -1,0 +1,159 @@
+"""Training-time augmentation that keeps frame labels aligned with the features.
+
+Resolution: ``mel`` has ``T`` input frames (20 ms); frame labels have ``T' = T // 2`` output
+frames (40 ms); output frame ``j`` covers input frames ``[2j, 2j + 2)``.
+
+* :func:`time_shift` moves features *and* labels (the public reference code moved only the
+  features). A shift of ``k`` output frames is a shift of ``2k`` input frames. The shift is
+  circular within the labelled region of each row: input frames ``[0, 2L')`` roll by ``2k`` and
+  labels ``[0, L')`` roll by ``k`` (``L'`` = valid output frames of the row, all of ``T'`` without
+  a mask). Input frames past ``2L'`` (the odd last frame of a 501-frame clip, padding) stay where
+  they are, so content never wraps into padding and the label of every moved frame is exactly
+  the label it had. A clip label is unchanged by a circular shift (nothing leaves the clip).
+* :func:`freq_mask` and :func:`time_mask` (SpecAugment-style) overwrite a band with the clip's
+  mean level; they do not move time, so labels are unchanged (an event under a time mask keeps
+  its label: the model must infer it from context, as in SpecAugment).
+
+All draws come from the ``generator`` passed in (a CPU ``torch.Generator``): reproducible and
+independent per worker when each worker seeds its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from tsd_ray.common.config import AugmentConfig
+
+__all__ = ["augment_batch", "freq_mask", "time_mask", "time_shift"]
+
+
+def _randint(low: int, high: int, size: int, generator: torch.Generator) -> Tensor:
+    """Integers uniform in [low, high] (inclusive), drawn on CPU."""
+    return torch.randint(low, high + 1, (size,), generator=generator)
+
+
+def time_shift(
+    mel: Tensor,
+    frame_labels: Tensor | Sequence[Tensor] | None,
+    max_shift_out_frames: int,
+    generator: torch.Generator,
+    frame_mask: Tensor | None = None,
+    groups: Tensor | None = None,
+) -> tuple[Tensor, Any]:
+    """Circularly shift each row by ``k ~ U{-max, .., max}`` output frames, labels included.
+
+    Args:
+        mel: (B, T, F) features.
+        frame_labels: (B, T') labels at the output resolution, a sequence of such tensors
+            (all shifted identically), or None (features only).
+        max_shift_out_frames: maximum |k| in output frames (40 ms each).
+        generator: CPU generator for the shifts.
+        frame_mask: optional (B, T') bool, valid frames as a prefix of each row; rows shift
+            within their valid part only.
+        groups: optional (N,) long: label row ``n`` belongs to ``mel`` row ``groups[n]`` (the
+            samples of one mixture, packed) and moves with it. Labels are then (N, T').
+
+    Returns:
+        ``(mel, frame_labels)`` new tensors of the same shapes (labels in the form given).
+    """
+    b, t_in, _ = mel.shape
+    t_out = t_in // 2  # the detector's output frames (tsd_ray.models.output_frames)
+    labels_seq = [frame_labels] if isinstance(frame_labels, Tensor) else list(frame_labels or [])
+    n_lab = b if groups is None else groups.shape[0]
+    for lab in labels_seq:
+        if lab.shape != (n_lab, t_out):
+            raise ValueError(
+                f"time_shift: frame labels {tuple(lab.shape)} do not match {t_in} input frames "
+                f"(expected {(n_lab, t_out)}: T' = T // 2)"
+            )
+    if max_shift_out_frames <= 0:
+        return mel, frame_labels
+    device = mel.device
+    if frame_mask is not None:
+        if frame_mask.shape != (b, t_out):
+            raise ValueError(f"time_shift: frame_mask {tuple(frame_mask.shape)} vs {(b, t_out)}")
+        valid = frame_mask.to(torch.bool).sum(dim=1).to(device)  # (B,)
+    else:
+        valid = torch.full((b,), t_out, device=device, dtype=torch.long)
+    k = _randint(-max_shift_out_frames, max_shift_out_frames, b, generator).to(device)  # (B,)
+    length = valid.clamp_min(1)[:, None]  # (B, 1)
+
+    j = torch.arange(t_out, device=device)[None, :]  # (1, T')
+    out_idx = torch.where(j < valid[:, None], torch.remainder(j - k[:, None], length), j)  # (B, T')
+    i = torch.arange(t_in, device=device)[None, :]  # (1, T)
+    in_idx = torch.where(
+        i < 2 * valid[:, None], torch.remainder(i - 2 * k[:, None], 2 * length), i
+    )  # (B, T)
+
+    new_mel = mel.gather(1, in_idx[:, :, None].expand_as(mel))  # (B, T, F)
+    if groups is not None:
+        out_idx = out_idx.index_select(0, groups.to(device))  # (N, T'): each label row's mel row
+    new_labels = [lab.gather(1, out_idx.to(lab.device)) for lab in labels_seq]
+    if frame_labels is None:
+        return new_mel, None
+    if isinstance(frame_labels, Tensor):
+        return new_mel, new_labels[0]
+    return new_mel, type(frame_labels)(new_labels) if isinstance(
+        frame_labels, tuple
+    ) else new_labels
+
+
+def _band_mask(mel: Tensor, axis: int, max_width: int, generator: torch.Generator) -> Tensor:
+    """Fill one random band of width U{0..max_width} along ``axis`` with each row's mean."""
+    if max_width <= 0:
+        return mel
+    b, size = mel.shape[0], mel.shape[axis]
+    max_width = min(max_width, size)
+    width = _randint(0, max_width, b, generator)  # (B,)
+    start = (torch.rand(b, generator=generator) * (size - width + 1)).long()  # (B,)
+    pos = torch.arange(size)[None, :]  # (1, size)
+    band = ((pos >= start[:, None]) & (pos < (start + width)[:, None])).to(mel.device)  # (B, size)
+    band = band[:, None, :] if axis == 2 else band[:, :, None]  # broadcast over the other axis
+    fill = mel.float().mean(dim=(1, 2), keepdim=True).to(mel.dtype)  # (B, 1, 1)
+    return torch.where(band, fill, mel)
+
+
+def freq_mask(mel: Tensor, max_width_bins: int, generator: torch.Generator) -> Tensor:
+    """Mask one band of 0..``max_width_bins`` mel bins per row (labels unchanged). (B, T, F)."""
+    return _band_mask(mel, 2, max_width_bins, generator)
+
+
+def time_mask(mel: Tensor, max_width_frames: int, generator: torch.Generator) -> Tensor:
+    """Mask one span of 0..``max_width_frames`` *input* frames per row (labels unchanged)."""
+    return _band_mask(mel, 1, max_width_frames, generator)
+
+
+def augment_batch(
+    batch: Mapping[str, Any],
+    cfg: AugmentConfig,
+    generator: torch.Generator,
+    frame_keys: Sequence[str] = ("frame_labels",),
+    groups: Tensor | None = None,
+) -> dict[str, Any]:
+    """Augment a training batch; returns a new dict (the input is not modified).
+
+    Keys used: ``mel`` (B, T, F); per-output-frame tensors named in ``frame_keys`` that are
+    present (B, T') move with the time shift; ``frame_mask`` (B, T') bool, optional, bounds the
+    shift. Every other key passes through unchanged (clip labels, ids, domains...).
+    ``groups`` (N,): the frame tensors hold N rows, row ``n`` belonging to ``mel`` row
+    ``groups[n]`` (a packed batch: each mixture once, its samples moved with it).
+    Order: time shift, then frequency mask, then time mask.
+    """
+    if "mel" not in batch:
+        raise KeyError(f"augment_batch: batch has no 'mel' (keys: {sorted(batch)})")
+    out = dict(batch)
+    mel = batch["mel"]
+    keys = [k for k in frame_keys if batch.get(k) is not None]
+    if cfg.time_shift_frames > 0:
+        mel, moved = time_shift(
+            mel, [batch[k] for k in keys], cfg.time_shift_frames, generator, batch.get("frame_mask"), groups
+        )
+        out.update(zip(keys, moved, strict=True))
+    mel = freq_mask(mel, cfg.freq_mask_bins, generator)
+    mel = time_mask(mel, cfg.time_mask_frames, generator)
+    out["mel"] = mel
+    return out

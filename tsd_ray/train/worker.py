@@ -1,0 +1,705 @@
+"""The one training function every phase runs in (Ray Train workers, Tune trials too).
+
+``train_loop_per_worker(config)`` is assembled from small helpers: :func:`setup` (models,
+teachers, optimisers, resume), :func:`train_epoch` (one pass over the streamed shard),
+:func:`validate` (scores on the validation split) and :func:`report_epoch` (metrics +
+checkpoint). ``config`` is a JSON-safe dict built by :func:`tsd_ray.train.driver.loop_config`.
+
+Checkpoints: every epoch reports a directory with ``state.pt`` (everything needed to resume:
+student, discriminator, projector, optimisers, epoch, best score, patience counter) and
+``model.pt`` (the best-by-validation student so far, self-describing). Ray keeps the latest
+one; ``model.pt`` inside it is what the next phase starts from.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+import os
+import tempfile
+import time
+import zlib
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from tsd_ray.common import storage
+from tsd_ray.common.config import Config, config_from_dict
+from tsd_ray.common.ray_env import shuffle_seed
+from tsd_ray.data.shards import NUMERIC_KEYS, packed_collate_fn
+from tsd_ray.models import checkpoint as ckpt
+from tsd_ray.train.phase import PhaseSpec
+
+log = logging.getLogger(__name__)
+
+TRAIN_KEYS = list(NUMERIC_KEYS)
+
+
+# --------------------------------------------------------------------------------------------
+# Reference embeddings on the worker
+# --------------------------------------------------------------------------------------------
+
+
+class ReferenceTable:
+    """Embedding table (N_ref, E) with per-class index ranges for drawing references."""
+
+    def __init__(self, embeddings: torch.Tensor, ref_class: torch.Tensor, n_classes: int):
+        order = torch.argsort(ref_class, stable=True)
+        self.embeddings = embeddings  # (N, E) in table order (ref_idx indexes it)
+        self.sorted_rows = order  # rows grouped by class
+        counts = torch.bincount(ref_class, minlength=n_classes)
+        self.count = counts
+        self.start = torch.cumsum(counts, 0) - counts
+
+    def to(self, device) -> ReferenceTable:
+        for k in ("embeddings", "sorted_rows", "count", "start"):
+            setattr(self, k, getattr(self, k).to(device))
+        return self
+
+    def lookup(self, ref_idx: torch.Tensor, target_idx: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
+        """Embeddings (B, E): the fixed reference where ref_idx >= 0, else a random one of the
+        target's class (re-drawn every time: a new reference each epoch)."""
+        count = self.count[target_idx]
+        if bool((count == 0).any()):
+            raise ValueError("a target class has no reference embedding; rebuild the embedding table")
+        u = torch.rand(target_idx.shape, generator=gen, device="cpu").to(count.device)
+        drawn = self.sorted_rows[self.start[target_idx] + (u * count).long().clamp(max=count - 1)]
+        rows = torch.where(ref_idx >= 0, ref_idx, drawn)
+        return self.embeddings[rows]
+
+
+def load_reference_table(uri: str, n_classes: int) -> ReferenceTable:
+    import pyarrow.parquet as pq
+
+    fs, path = storage.resolve(uri)
+    t = pq.read_table(path, filesystem=fs)
+    emb = torch.from_numpy(np.stack(t.column("embedding").to_numpy(zero_copy_only=False)).astype(np.float32))
+    cls = torch.from_numpy(t.column("class_idx").to_numpy().astype(np.int64))  # a writable copy
+    return ReferenceTable(emb, cls, n_classes)
+
+
+# --------------------------------------------------------------------------------------------
+# Models of one phase
+# --------------------------------------------------------------------------------------------
+
+
+class PhaseModel(nn.Module):
+    """Student plus what trains with it (discriminator, KD projections): one DDP module."""
+
+    def __init__(self, student: nn.Module, discriminator: nn.Module | None, projector: nn.Module | None):
+        super().__init__()
+        self.student = student
+        self.discriminator = discriminator
+        self.projector = projector
+
+    def forward(
+        self, mel, embedding, frame_mask, *, groups=None, lambda_d: float = 0.0, teacher_gru=None, main=None,
+        domain_mask=None,
+    ):
+        """Student outputs, domain logits through gradient reversal (or None), KD loss (or None).
+
+        Everything trainable runs inside this one forward so DDP's reducer sees every
+        parameter's gradient in the same step. With ``groups`` (packed mixtures, see
+        :meth:`Detector.forward`) the domain logits are per ``mel`` row: one per mixture.
+        ``domain_mask`` (U, T'): the valid frames of each ``mel`` row, so the discriminator
+        ignores padding; default ``frame_mask`` when samples are not packed (then U == B).
+        """
+        from tsd_ray.train.losses import domain_logits
+
+        out = self.student(mel, embedding, frame_mask, groups)
+        domain_logit = None
+        if self.discriminator is not None:
+            if domain_mask is None and groups is None:
+                domain_mask = frame_mask
+            domain_logit = domain_logits(out.z, self.discriminator, lambda_d, domain_mask)  # (U,)
+        kd = None
+        if self.projector is not None and teacher_gru is not None:
+            kd = self.projector(teacher_gru, out.gru[main], frame_mask[main])
+        return out, domain_logit, kd
+
+
+@dataclass
+class Context:
+    cfg: Config
+    phase: PhaseSpec
+    manifest: dict
+    sources: dict  # {"features": URI, "embeddings": URI}: where the data of this phase lives
+    device: torch.device
+    model: nn.Module  # PhaseModel, possibly DDP-wrapped
+    core: PhaseModel  # unwrapped
+    optimizer: torch.optim.Optimizer
+    refs: ReferenceTable
+    kd_teacher: nn.Module | None
+    pseudo_teacher: nn.Module | None
+    gen: torch.Generator
+    start_epoch: int = 0
+    best_score: float = -math.inf
+    best_state: dict | None = None
+    best_metrics: dict = field(default_factory=dict)
+    bad_epochs: int = 0
+    history: list = field(default_factory=list)
+
+
+def _autocast(ctx: Context):
+    if ctx.device.type == "cuda" and ctx.cfg.train.mixed_precision:
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def _load_teacher(uri: str | None, kind: str, device) -> nn.Module | None:
+    if not uri:
+        return None
+    from tsd_ray.models.encoder import freeze
+
+    model = ckpt.load_student(uri, kind).to(device)
+    return freeze(model)  # eval mode + no grad: dropout off, BN statistics fixed
+
+
+def setup(config: dict) -> Context:
+    """Models, teachers, optimiser and reference table for this worker; resume if possible."""
+    import ray.train
+    from ray.train.torch import get_device, prepare_model
+
+    from tsd_ray.models.detector import Detector
+    from tsd_ray.models.discriminator import Discriminator
+    from tsd_ray.train.losses import KDProjector
+
+    cfg = config_from_dict(config["cfg"])
+    phase = PhaseSpec(**config["phase"])
+    manifest = config["manifest"]
+    rank = ray.train.get_context().get_world_rank()
+    torch.manual_seed(cfg.train.seed + 7919 * rank)
+    device = get_device()
+    n_mels = int(manifest["frontend"]["n_mels"])
+
+    student = Detector(cfg.detector, n_mels, ckpt.STUDENT_POOLING[phase.student])
+    if phase.init:
+        payload = ckpt.load_payload(phase.init)
+        student.load_state_dict(payload["state_dict"])
+    discriminator = None
+    if phase.adversarial:
+        discriminator = Discriminator(cfg.discriminator, student.out_channels)
+    projector = None
+    if phase.kd_teacher:
+        projector = KDProjector(student.gru_dim, student.gru_dim, cfg.detector.projection_dim)
+    core = PhaseModel(student, discriminator, projector)
+    groups = [{"params": student.parameters(), "lr": phase.lr}]
+    if discriminator is not None:
+        groups.append({"params": discriminator.parameters(), "lr": phase.lr})
+    if projector is not None:
+        groups.append({"params": projector.parameters(), "lr": phase.lr})
+    optimizer = torch.optim.Adam(groups, lr=phase.lr, weight_decay=cfg.train.weight_decay)
+
+    ctx = Context(
+        cfg=cfg,
+        phase=phase,
+        manifest=manifest,
+        sources={"features": config.get("features"), "embeddings": config["embeddings"]},
+        device=device,
+        model=core,
+        core=core,
+        optimizer=optimizer,
+        refs=load_reference_table(config["embeddings"], len(manifest["classes"])).to(device),
+        kd_teacher=_load_teacher(phase.kd_teacher, "f", device),
+        pseudo_teacher=_load_teacher(phase.pseudo_teacher, "w", device),
+        gen=torch.Generator().manual_seed(cfg.train.seed * 1009 + rank),
+    )
+    resume_from = ray.train.get_checkpoint()
+    if resume_from is not None:
+        with resume_from.as_directory() as d:
+            _restore(ctx, os.path.join(d, "state.pt"), f"{resume_from.path.rstrip('/')}/state.pt")
+    ctx.core.to(device)
+    for state in optimizer.state.values():  # optimiser tensors follow the model's device
+        for k, v in state.items():
+            if isinstance(v, torch.Tensor):
+                state[k] = v.to(device)
+    ctx.model = prepare_model(core, move_to_device=True, parallel_strategy_kwargs={"find_unused_parameters": False})
+    return ctx
+
+
+def _restore(ctx: Context, path: str, name: str | None = None) -> None:
+    """Resume state from a local ``state.pt``; ``name``: where it lives in storage (for errors)."""
+    try:
+        st = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        where = name or path
+        raise ckpt.CheckpointError(
+            f"{where}: cannot resume phase {ctx.phase.name} from this checkpoint "
+            f"({type(exc).__name__}: {exc}); it is corrupt. Nothing was overwritten: delete the "
+            "phase's run folder (the parent of this checkpoint folder) to train the phase again "
+            "from its start"
+        ) from exc
+    ctx.core.load_state_dict(st["model"])
+    ctx.optimizer.load_state_dict(st["optimizer"])
+    ctx.start_epoch = int(st["epoch"]) + 1
+    ctx.best_score = float(st["best_score"])
+    ctx.best_state = st["best_state"]
+    ctx.best_metrics = dict(st["best_metrics"])
+    ctx.bad_epochs = int(st["bad_epochs"])
+    ctx.history = list(st["history"])
+    ctx.gen.set_state(st["gen"])
+    log.info("phase %s: resumed after epoch %d", ctx.phase.name, ctx.start_epoch - 1)
+
+
+# --------------------------------------------------------------------------------------------
+# One epoch
+# --------------------------------------------------------------------------------------------
+
+
+def _valid_mask(n_valid: torch.Tensor, n_out: int) -> torch.Tensor:
+    return torch.arange(n_out, device=n_valid.device)[None, :] < n_valid[:, None]  # (B, T')
+
+
+def compute_losses(ctx: Context, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+    """Total loss of one batch and its parts (floats, for logging).
+
+    Rows with ``is_main`` are the phase's task rows; the others (other domain) feed the
+    discriminator and, with ``phase.replay``, their own strong-label frame loss (eq. 2). The
+    discriminator sees every row through gradient reversal, so it learns to tell the domains
+    apart while the feature extractor learns to confuse it (eq. 9).
+    """
+    from tsd_ray.train import augment, losses
+
+    phase = ctx.phase
+    mel = batch["mel"].float()  # (U, T, F): one row per mixture when packed, else per sample
+    n_out = batch["frame_labels"].shape[1]
+    if "mix" in batch:  # packed: samples (B) index their mixture's row of mel
+        groups, mix_mask, mix_domain = batch["mix"], _valid_mask(batch["mix_n_valid"], n_out), batch["mix_domain"]
+    else:
+        groups, mix_mask, mix_domain = None, _valid_mask(batch["n_valid"], n_out), batch["domain"]
+    mask = mix_mask if groups is None else mix_mask[groups]  # (B, T')
+    aug = augment.augment_batch(
+        {"mel": mel, "frame_labels": batch["frame_labels"], "frame_mask": mix_mask}, ctx.cfg.augment, ctx.gen,
+        groups=groups,
+    )
+    mel, labels = aug["mel"], aug["frame_labels"]
+    emb = ctx.refs.lookup(batch["ref_idx"], batch["target_idx"], ctx.gen)  # (B, E)
+    main = batch["is_main"].bool()
+    m = main
+    parts: dict[str, torch.Tensor] = {}
+
+    def teacher(net):  # a frozen teacher on the main rows (their mixtures only)
+        if groups is None:
+            return net(mel[m], emb[m], mask[m])
+        rows, inverse = torch.unique(groups[m], return_inverse=True)
+        return net(mel[rows], emb[m], mask[m], inverse)
+
+    with _autocast(ctx):
+        teacher_gru = None
+        if ctx.kd_teacher is not None and bool(m.any()):
+            with torch.no_grad():
+                teacher_gru = teacher(ctx.kd_teacher).gru
+        out, domain_logit, kd = ctx.model(
+            mel, emb, mask, groups=groups, lambda_d=phase.lambda_d, teacher_gru=teacher_gru, main=m,
+            domain_mask=mix_mask,
+        )
+        if bool(m.any()):
+            if phase.loss == "frame":
+                strong = m & batch["has_strong"].bool()
+                if not bool(strong.any()):
+                    raise ValueError(f"phase {phase.name}: frame loss on rows without strong labels")
+                parts["frame"] = losses.frame_bce(out.frame_logits[strong], labels[strong], mask[strong])
+            elif phase.loss == "clip":
+                if ctx.core.student.clip_pooling == "linsoft":  # the w student (eq. 3)
+                    # LinSoft BCE from the frame logits in the log domain: no clamp, so a
+                    # saturated clip keeps its gradient
+                    parts["clip"] = losses.clip_bce_from_logits(
+                        out.frame_logits[m], batch["clip_label"][m], mask[m]
+                    )
+                else:  # an f student's clip_prob is the max over frames
+                    parts["clip"] = losses.clip_bce(out.clip_prob[m], batch["clip_label"][m])
+            elif phase.loss == "pseudo":
+                with torch.no_grad():
+                    t = teacher(ctx.pseudo_teacher)
+                targets = losses.pseudo_labels(t.frame_probs, batch["clip_label"][m])
+                parts["pseudo"] = losses.frame_bce(out.frame_logits[m], targets, mask[m])
+            if kd is not None:
+                parts["kd"] = phase.alpha_kd * kd
+        if phase.replay:  # source rows keep their strong labels (eq. 2) in a target phase
+            r = ~m & batch["has_strong"].bool()
+            if bool(r.any()):
+                parts["replay"] = phase.replay_weight * losses.frame_bce(out.frame_logits[r], labels[r], mask[r])
+        if domain_logit is not None:
+            # D minimises L_d (eq. 8); the reversal makes the extractor maximise lambda_d * L_d
+            parts["domain"] = losses.domain_loss(domain_logit, mix_domain.float())
+    if not parts:  # a batch of auxiliary rows only
+        zero = sum(p.sum() * 0.0 for p in ctx.model.parameters())
+        return zero, {}
+    total = sum(parts.values())
+    return total, {k: float(v.detach()) for k, v in parts.items()}
+
+
+def lr_factor(schedule: str, epoch: int, step: int, epoch_steps: int, epochs: int) -> float:
+    """Multiplier of the base learning rate at ``step`` of ``epoch`` (both from 0).
+
+    ``cosine``: half a cosine from 1 at the first step to 0 after the last epoch's last step.
+    ``epoch_steps`` is an estimate (streamed shards vary by a batch); steps past it hold
+    the epoch's end value.
+    """
+    if schedule == "constant":
+        return 1.0
+    if schedule != "cosine":
+        raise ValueError(f"train.lr_schedule: expected 'constant' or 'cosine', got {schedule!r}")
+    spe = max(1, epoch_steps)
+    progress = (epoch + min(step, spe) / spe) / max(1, epochs)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def steps_per_epoch(n_rows: int, world: int, batch_size: int) -> int:
+    """Optimizer steps one worker takes per epoch over ``n_rows`` split ``world`` ways."""
+    return max(1, math.ceil(n_rows / max(1, world) / max(1, batch_size)))
+
+
+def batch_rows(split: dict, batch_size: int, packed: bool) -> int:
+    """Rows per batch for about ``batch_size`` samples: mixtures when ``packed`` (each holds
+    all its samples; ``split`` is the manifest's entry with both counts), else samples."""
+    if not packed:
+        return batch_size
+    per_mixture = int(split["samples"]) / max(1, int(split["mixtures"]))
+    return max(1, round(batch_size / max(1.0, per_mixture)))
+
+
+def concat_batches(a: dict, b: dict) -> dict:
+    """Rows of ``b`` after those of ``a``; packed batches keep each sample's ``mix`` pointing
+    at its own mixture."""
+    if "mix" in a:
+        b = {**b, "mix": b["mix"] + a["mel"].shape[0]}
+    return {k: torch.cat([a[k], b[k]]) for k in a}
+
+
+def train_epoch(ctx: Context, train_it, aux_it_factory, epoch: int, spe: int) -> dict[str, float]:
+    """One pass over this worker's shard; ``spe``: estimated steps per epoch (lr schedule)."""
+    ctx.model.train()
+    if ctx.kd_teacher is not None:
+        ctx.kd_teacher.eval()
+    if ctx.pseudo_teacher is not None:
+        ctx.pseudo_teacher.eval()
+    sums: dict[str, float] = {}
+    n_batches = n_rows = 0
+    t0, cpu0 = time.time(), time.process_time()
+    aux_it = aux_it_factory() if aux_it_factory else None
+    for batch in train_it:
+        batch["is_main"] = torch.ones_like(batch["clip_label"])
+        if aux_it is not None:
+            try:
+                aux = next(aux_it)
+            except StopIteration:
+                aux_it = aux_it_factory()
+                aux = next(aux_it, None)
+                if aux is None:
+                    raise ValueError(
+                        f"phase {ctx.phase.name}: the auxiliary split '{ctx.phase.aux_split}' gave "
+                        "this worker no rows; build more data for it, or turn off what reads it "
+                        "(method.adversarial=false, method.source_replay=false)"
+                    ) from None
+            aux["is_main"] = torch.zeros_like(aux["clip_label"])
+            batch = concat_batches(batch, aux)
+        batch = {k: v.to(ctx.device, non_blocking=True) for k, v in batch.items()}
+        lr = ctx.phase.lr * lr_factor(ctx.cfg.train.lr_schedule, epoch, n_batches, spe, ctx.phase.epochs)
+        for group in ctx.optimizer.param_groups:
+            group["lr"] = lr
+        loss, parts = compute_losses(ctx, batch)
+        ctx.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if ctx.cfg.train.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(ctx.model.parameters(), ctx.cfg.train.grad_clip)
+        ctx.optimizer.step()
+        sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
+        for k, v in parts.items():
+            sums[f"loss_{k}"] = sums.get(f"loss_{k}", 0.0) + v
+        n_batches += 1
+        n_rows += int(batch["is_main"].sum())
+    dt = max(time.time() - t0, 1e-9)
+    stats = {k: v / max(1, n_batches) for k, v in sums.items()}
+    stats.update(train_batches=n_batches, train_samples=n_rows, samples_per_s=n_rows / dt, epoch_seconds=dt,
+                 epoch_cpu_seconds=time.process_time() - cpu0,  # this process, all threads
+                 lr_last=float(ctx.optimizer.param_groups[0]["lr"]))
+    return stats
+
+
+# --------------------------------------------------------------------------------------------
+# Validation
+# --------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def predict_batches(student: nn.Module, refs: ReferenceTable, batches, device, autocast=nullcontext):
+    """Yield (numpy batch, frame probs (B, T')) for evaluation batches with ids."""
+    student.eval()
+    for b in batches:
+        mel = torch.as_tensor(np.asarray(b["mel"]), device=device).float()
+        n_valid = torch.as_tensor(np.asarray(b["n_valid"]), device=device)
+        mask = _valid_mask(n_valid, b["frame_labels"].shape[1])
+        emb = refs.lookup(
+            torch.as_tensor(np.asarray(b["ref_idx"]), device=device),
+            torch.as_tensor(np.asarray(b["target_idx"]), device=device),
+            None,
+        )
+        with autocast():
+            out = student(mel, emb, mask)
+        yield b, out.frame_probs.float().cpu().numpy()
+
+
+def scored_samples(pairs):
+    from tsd_ray.common.types import Event
+    from tsd_ray.metrics.scoring import ScoredSample
+
+    out = []
+    for b, probs in pairs:
+        for i in range(len(b["sample_id"])):
+            events = tuple(
+                Event(float(on), float(off), str(b["target"][i]))
+                for on, off in zip(b["event_onsets"][i], b["event_offsets"][i])
+            )
+            out.append(
+                ScoredSample(
+                    sample_id=str(b["sample_id"][i]),
+                    target=str(b["target"][i]),
+                    probs=probs[i],
+                    events=events,
+                    n_valid=int(b["n_valid"][i]),
+                )
+            )
+    return out
+
+
+def owner_rank(sample_id: str, world: int) -> int:
+    """The worker that validates a sample: a stable hash of its id, so every sample has exactly
+    one owner whatever order the rows arrive in on each worker."""
+    return zlib.crc32(sample_id.encode()) % world
+
+
+def own_rows(batches, rank: int, world: int):
+    """The rows of each numpy batch that ``rank`` of ``world`` validates (all with one worker)."""
+    for b in batches:
+        if world == 1:
+            yield b
+            continue
+        keep = np.nonzero([owner_rank(str(s), world) == rank for s in b["sample_id"]])[0]
+        if len(keep):
+            yield {k: np.asarray(v)[keep] for k, v in b.items()}
+
+
+_OBJECT_GROUP: list = []
+
+
+def _object_group():
+    """A gloo process group for Python objects: the default group when it is gloo; under NCCL
+    a gloo twin, so the gathered predictions never have to pass through a GPU."""
+    import torch.distributed as dist
+
+    if not _OBJECT_GROUP:
+        _OBJECT_GROUP.append(None if dist.get_backend() == "gloo" else dist.new_group(backend="gloo"))
+    return _OBJECT_GROUP[0]
+
+
+def gather_samples(samples: list, rank: int, world: int) -> list | None:
+    """Every worker's scored samples on rank 0 (None elsewhere); the list itself with one worker."""
+    if world == 1:
+        return samples
+    import torch.distributed as dist
+
+    parts = [None] * world if rank == 0 else None
+    dist.gather_object(samples, parts, dst=0, group=_object_group())
+    return [x for part in parts for x in part] if rank == 0 else None
+
+
+def validate(ctx: Context, val_batches, rank: int = 0, world: int = 1) -> dict[str, float]:
+    """Scores on the whole validation split, the forward passes shared among the workers.
+
+    Every worker reads the whole split but runs the student on its own rows only (see
+    :func:`owner_rank`); rank 0 gathers the predictions, scores them and sends the scores to
+    every worker, so all ranks take the same early-stopping and best-model decisions.
+    """
+    student = ctx.core.student
+    pairs = predict_batches(student, ctx.refs, own_rows(val_batches, rank, world), ctx.device, lambda: _autocast(ctx))
+    samples = gather_samples(scored_samples(pairs), rank, world)
+    if samples is None:  # not rank 0: wait for its scores
+        return _broadcast_scores(None)
+    classes = ctx.manifest["source_classes" if ctx.phase.val_split.startswith("source") else "target_classes"]
+    result = validation_scores(samples, classes, float(ctx.manifest["output_hop_s"]), ctx.cfg.eval)
+    return _broadcast_scores(result) if world > 1 else result
+
+
+def validation_scores(samples: list, classes: list[str], frame_hop_s: float, ev) -> dict[str, float]:
+    """An epoch's validation scores from its predictions (``ev``: the ``eval`` config).
+
+    ``ev.selection`` "fixed": scored at ``ev.threshold`` / ``ev.median_frames``; "tuned": the
+    best of the grid ``selection_thresholds`` x ``selection_median_windows`` by
+    ``selection_metric`` (the predictions are made once and post-processed at each point).
+    ``val_score`` is what selects the best epoch, stops a phase early and chooses students.
+    """
+    from tsd_ray.metrics.scoring import PostProcessing, score_samples, tune_postprocessing
+
+    kw = {"classes": classes, "frame_hop_s": frame_hop_s, "segment_s": ev.segment_s,
+          "t_collar_s": ev.t_collar_s, "percentage_of_length": ev.percentage_of_length}
+    extra = {}
+    if ev.selection == "tuned":
+        pp, table = tune_postprocessing(samples, thresholds=ev.selection_thresholds,
+                                        median_windows=ev.selection_median_windows, metric=ev.selection_metric, **kw)
+        event_f, segment_f = _nz(table["best"]["event_f"]), _nz(table["best"]["segment_f"])
+        extra = {"val_threshold": pp.threshold, "val_median_frames": pp.median_frames}
+    else:
+        scores = score_samples(samples, PostProcessing(threshold=ev.threshold, median_frames=ev.median_frames), **kw)
+        event_f, segment_f = _nz(scores.event_f), _nz(scores.segment_f)
+    return {
+        "val_event_f": event_f,
+        "val_segment_f": segment_f,
+        "val_score": event_f if ev.selection_metric == "event_f" else segment_f,
+        "val_samples": len(samples),
+        **extra,
+    }
+
+
+def _broadcast_scores(result: dict | None) -> dict:
+    import torch.distributed as dist
+
+    box = [result]
+    dist.broadcast_object_list(box, src=0, group=_object_group())
+    return box[0]
+
+
+def _nz(x: float) -> float:
+    return 0.0 if x is None or math.isnan(x) else float(x)
+
+
+# --------------------------------------------------------------------------------------------
+# Report / checkpoint
+# --------------------------------------------------------------------------------------------
+
+
+def _student_payload(ctx: Context, state: dict, metrics: dict) -> dict:
+    student = ctx.core.student
+    payload = ckpt.model_payload(
+        ctx.phase.student,
+        ctx.cfg.detector,
+        student,
+        n_mels=int(ctx.manifest["frontend"]["n_mels"]),
+        classes=ctx.manifest["classes"],
+        meta={"phase": ctx.phase.name, "metrics": metrics, "frontend": ctx.manifest["frontend"], **ctx.sources},
+    )
+    payload["state_dict"] = state
+    return payload
+
+
+def report_epoch(ctx: Context, epoch: int, metrics: dict[str, Any]) -> None:
+    import ray.train
+    from ray.train import Checkpoint
+
+    rank = ray.train.get_context().get_world_rank()
+    if rank != 0:
+        ray.train.report(metrics)
+        return
+    with tempfile.TemporaryDirectory() as d:
+        torch.save(
+            {
+                "model": ctx.core.state_dict(),
+                "optimizer": ctx.optimizer.state_dict(),
+                "epoch": epoch,
+                "best_score": ctx.best_score,
+                "best_state": ctx.best_state,
+                "best_metrics": ctx.best_metrics,
+                "bad_epochs": ctx.bad_epochs,
+                "history": ctx.history,
+                "gen": ctx.gen.get_state(),
+            },
+            os.path.join(d, "state.pt"),
+        )
+        buf = io.BytesIO()
+        torch.save(_student_payload(ctx, ctx.best_state, ctx.best_metrics), buf)
+        with open(os.path.join(d, "model.pt"), "wb") as f:
+            f.write(buf.getvalue())
+        ray.train.report(metrics, checkpoint=Checkpoint.from_directory(d))
+
+
+def _maybe_fail(ctx: Context, epoch: int, config: dict) -> None:
+    """Fault injection for tests (train.fail_at_epoch): rank 0 dies once at that epoch."""
+    import ray.train
+
+    if ctx.cfg.train.fail_at_epoch != epoch or ray.train.get_context().get_world_rank() != 0:
+        return
+    marker = config.get("fault_marker")
+    if marker and not storage.exists(marker):
+        storage.write_bytes_atomic(marker, b"failed once\n")
+        os._exit(1)  # a hard worker death, as when a node is lost
+
+
+# --------------------------------------------------------------------------------------------
+# Entry point
+# --------------------------------------------------------------------------------------------
+
+
+def train_loop_per_worker(config: dict) -> dict:
+    """Run one phase on this worker (see module docstring)."""
+    import ray.train
+
+    ctx = setup(config)
+    phase = ctx.phase
+    world_rank = ray.train.get_context().get_world_rank()
+    world_size = ray.train.get_context().get_world_size()
+    train_shard = ray.train.get_dataset_shard("train")
+    val_shard = ray.train.get_dataset_shard("val")
+    aux_shard = ray.train.get_dataset_shard("aux") if phase.aux_split is not None else None
+    tc = ctx.cfg.train
+    splits = ctx.manifest["splits"]
+    bs = batch_rows(splits[phase.train_split], tc.batch_size, tc.group_by_mixture)
+    collate = {"collate_fn": packed_collate_fn()} if tc.group_by_mixture else {}
+
+    aux_passes = [0]
+
+    def aux_factory():
+        aux_passes[0] += 1
+        return iter(aux_shard.iter_torch_batches(
+            batch_size=batch_rows(splits[phase.aux_split], max(1, tc.batch_size // 2), tc.group_by_mixture),
+            local_shuffle_buffer_size=tc.shuffle_buffer or None,
+            local_shuffle_seed=shuffle_seed(tc.seed, epoch, world_rank, aux_passes[0]) if tc.shuffle_buffer else None,
+            **collate,
+        ))
+
+    n_train = int(splits[phase.train_split]["mixtures" if tc.group_by_mixture else "samples"])
+    spe = steps_per_epoch(n_train, world_size, bs)
+    for epoch in range(ctx.start_epoch, phase.epochs):
+        _maybe_fail(ctx, epoch, config)
+        train_it = train_shard.iter_torch_batches(
+            batch_size=bs, local_shuffle_buffer_size=tc.shuffle_buffer or None,
+            local_shuffle_seed=shuffle_seed(tc.seed, epoch, world_rank) if tc.shuffle_buffer else None,
+            **collate,
+        )
+        stats = train_epoch(ctx, train_it, aux_factory if aux_shard is not None else None, epoch, spe)
+        val = validate(ctx, val_shard.iter_batches(batch_size=64, batch_format="numpy"), world_rank, world_size)
+        improved = val["val_score"] > ctx.best_score + 1e-9 or ctx.best_state is None
+        if improved:
+            ctx.best_score = val["val_score"]
+            ctx.best_state = {k: v.detach().cpu().clone() for k, v in ctx.core.student.state_dict().items()}
+            ctx.best_metrics = {**val, "epoch": epoch}
+            ctx.bad_epochs = 0
+        else:
+            ctx.bad_epochs += 1
+        metrics = {
+            "phase": phase.name,
+            "epoch": epoch,
+            **stats,
+            **val,
+            "best_val_score": ctx.best_score,
+            "best_epoch": ctx.best_metrics.get("epoch", epoch),
+        }
+        ctx.history.append({k: v for k, v in metrics.items() if isinstance(v, (int, float, str))})
+        if world_rank == 0:
+            print(
+                f"[{phase.name}] epoch {epoch + 1}/{phase.epochs} loss {stats.get('loss', float('nan')):.4f} "
+                f"val event-F {val['val_event_f']:.1f} seg-F {val['val_segment_f']:.1f} "
+                f"(best {ctx.best_score:.1f}) {stats['samples_per_s']:.0f} samples/s",
+                flush=True,
+            )
+        stop = ctx.bad_epochs >= phase.patience
+        report_epoch(ctx, epoch, metrics)
+        if stop:
+            if world_rank == 0:
+                print(f"[{phase.name}] early stop: no improvement for {phase.patience} epochs", flush=True)
+            break
+    return {"best_val_score": ctx.best_score, "best_metrics": ctx.best_metrics, "history": ctx.history}
