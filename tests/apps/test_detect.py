@@ -510,3 +510,18 @@ def test_pictures_have_the_fixed_size(tmp_path):
         plot_training(str(tmp_path / "run"), str(tmp_path / "none.png"), steps=["SS"])
     with pytest.raises(detect.DetectError, match="no run ledger"):
         plot_training(str(tmp_path / "missing"), str(tmp_path / "none.png"))
+
+
+def test_export_of_an_older_ledger_takes_algorithm_1s_final_model():
+    """Ledgers whose evaluation did not record its model: the best target f, else the phase-3 w."""
+    from tsd_ray.apps.detect import _final_model
+
+    steps = {n: {"best_val_score": s, "model_uri": f"{n}.pt"} for n, s in
+             [("MS-p3_w_target", 50.0), ("MS-p4_f_target", 20.0), ("MS-it1_w", 60.0), ("MS-it1_f", 30.0),
+              ("MS-it2_w", 10.0), ("MS-it2_f", 30.0), ("SS", 70.0)]}
+    assert _final_model(steps, "MS", "run") == "MS-it1_f.pt"
+    assert _final_model(steps, "SS", "run") == "SS.pt"
+    no_pseudo = {"NOPS-p3_w_target": {"best_val_score": 5.0, "model_uri": "w.pt"}}
+    assert _final_model(no_pseudo, "NOPS", "run") == "w.pt"
+    with pytest.raises(detect.DetectError, match="final model"):
+        _final_model({}, "MS", "run")

@@ -54,6 +54,7 @@ from tsd_ray.common.types import Event
 from tsd_ray.data.audio import load_audio
 from tsd_ray.data.build import SILENCE_RMS  # reference clips quieter than this are refused
 from tsd_ray.data.features import TIME_POOL, LogMel, n_input_frames, output_hop_seconds, pick_device
+from tsd_ray.experiments.final_model import Outcome, final_model
 from tsd_ray.metrics.scoring import PostProcessing, postprocess
 from tsd_ray.models import checkpoint as ckpt
 
@@ -196,20 +197,21 @@ def export_from_run(run_dir: str, out_uri: str, *, recipe: str = "MS") -> str:
 
 
 def _final_model(steps: dict[str, dict], recipe: str, run_dir: str) -> str:
+    """The final model of an older ledger whose evaluation did not record it: Algorithm 1's
+    rule (:func:`tsd_ray.experiments.final_model.final_model`, f student) over its phases."""
     if recipe in steps and "model_uri" in steps[recipe]:  # SS, WS: one phase
         return steps[recipe]["model_uri"]
-    cands = [f"{recipe}-p4_f_target"] + [f"{recipe}-it{k}_f" for k in range(1, 1000) if f"{recipe}-it{k}_f" in steps]
-    cands = [c for c in cands if c in steps]
-    if not cands:
-        w = f"{recipe}-p3_w_target"
-        if w in steps:
-            return steps[w]["model_uri"]
+    phases = [(f"{recipe}-p3_w_target", "w"), (f"{recipe}-p4_f_target", "f")]
+    for k in range(1, 1000):
+        if f"{recipe}-it{k}_w" not in steps and f"{recipe}-it{k}_f" not in steps:
+            break
+        phases += [(f"{recipe}-it{k}_w", "w"), (f"{recipe}-it{k}_f", "f")]
+    outcomes = [Outcome(n, student, "target_val", float(steps[n]["best_val_score"]), steps[n]["model_uri"])
+                for n, student in phases if n in steps]
+    chosen = final_model(outcomes, pseudo=any(o.student == "f" for o in outcomes), final_student="f")
+    if chosen is None:
         raise DetectError(f"{run_dir}: cannot find the final model of recipe '{recipe}' in the ledger")
-    best = steps[cands[0]]
-    for c in cands[1:]:
-        if steps[c]["best_val_score"] > best["best_val_score"] + 1e-9:
-            best = steps[c]
-    return best["model_uri"]
+    return chosen.model_uri
 
 
 def read_ledger_steps(run_dir: str) -> dict[str, dict]:

@@ -18,6 +18,7 @@ from typing import Any
 from tsd_ray.common import environment, storage
 from tsd_ray.common.config import Config, MethodConfig, dump_config, to_dict
 from tsd_ray.data.shards import Manifest, load_manifest
+from tsd_ray.experiments.final_model import TIE, Outcome, final_model
 from tsd_ray.experiments.ledger import Ledger
 from tsd_ray.train.phase import PhaseSpec, make_phase, ss_phase, ws_phase
 
@@ -208,60 +209,61 @@ def result_digest(cfg: Config) -> str:
 def run_ms(run: Run, method: MethodConfig, prefix: str = "MS") -> dict[str, Any]:
     """Algorithm 1 with the switches of ``method``; returns the final students and Table-3 rows."""
     cfg = dataclasses.replace(run.cfg, method=method)
-    P = lambda key, name, **kw: make_phase(cfg, key, f"{prefix}-{name}", **kw)  # noqa: E731
+    outcomes: list[Outcome] = []  # every finished phase, for the final-model rule
+    results: dict[str, dict] = {}
+
+    def phase(key: str, name: str, **kw) -> dict:
+        spec = make_phase(cfg, key, f"{prefix}-{name}", **kw)
+        res = run.phase(spec)
+        outcomes.append(Outcome(spec.name, spec.student, spec.val_split, res["best_val_score"], res["model_uri"]))
+        results[spec.name] = res
+        return res
+
+    def final(final_student: str = method.final_student) -> Outcome:
+        return final_model(outcomes, pseudo=method.pseudo, final_student=final_student)
+
     kd = method.kd
     # 1. f on D_s (eq. 2 + 9)
-    f1 = run.phase(P("f_source", "p1_f_source", student="f", train_split="source_train",
-                     val_split="source_val", loss="frame"))
+    f1 = phase("f_source", "p1_f_source", student="f", train_split="source_train",
+               val_split="source_val", loss="frame")
     # 2. w on D_s with KD from the phase-1 f (eq. 4 + 9)
-    w2 = run.phase(P("w_source", "p2_w_source", student="w", train_split="source_train",
-                     val_split="source_val", loss="clip", kd_teacher=f1["model_uri"] if kd else None))
+    w2 = phase("w_source", "p2_w_source", student="w", train_split="source_train",
+               val_split="source_val", loss="clip", kd_teacher=f1["model_uri"] if kd else None)
     # 3. w on D_t with weak labels (eq. 3 + 9)
-    w = run.phase(P("w_target", "p3_w_target", student="w", train_split="target_train",
-                    val_split="target_val", loss="clip", init=w2["model_uri"]))
+    w = phase("w_target", "p3_w_target", student="w", train_split="target_train",
+              val_split="target_val", loss="clip", init=w2["model_uri"])
     rows = []
     if not method.pseudo:  # without pseudo supervision the w student is the final model
-        return {"final": w, "final_student": "w", "w": w, "rows": rows}
+        return {"final": results[final().name], "final_student": "w", "w": w, "rows": rows}
     # 4. f on D_t with pseudo labels from the phase-3 w (eq. 7 + 9)
-    f = run.phase(P("f_target", "p4_f_target", student="f", train_split="target_train",
-                    val_split="target_val", loss="pseudo", init=f1["model_uri"], pseudo_teacher=w["model_uri"]))
+    f = phase("f_target", "p4_f_target", student="f", train_split="target_train",
+              val_split="target_val", loss="pseudo", init=f1["model_uri"], pseudo_teacher=w["model_uri"])
     rows.append({"iteration": 0, "f": f, "w": w})
-    best_f, best_w, best_w_name = f, w, f"{prefix}-p3_w_target"
-    either = method.final_student == "best"
-
-    def reported() -> float:  # validation score of the model MS would report now
-        s = best_f["best_val_score"]
-        return max(s, best_w["best_val_score"]) if either else s
-
-    best_score, stale = reported(), 0
+    # Algorithm 1 loops until the f student stops improving; with final_student=best the
+    # loop follows the model it would report, the better of the two students.
+    best_score, stale = final().score, 0
     # 5. repeat {w with KD from current f; f with pseudo labels from current w}
     for it in range(1, method.max_iterations + 1):
-        w = run.phase(P("w_loop", f"it{it}_w", student="w", train_split="target_train",
-                        val_split="target_val", loss="clip", init=w["model_uri"],
-                        kd_teacher=f["model_uri"] if kd else None))
-        f = run.phase(P("f_loop", f"it{it}_f", student="f", train_split="target_train",
-                        val_split="target_val", loss="pseudo", init=f["model_uri"],
-                        pseudo_teacher=w["model_uri"]))
+        w = phase("w_loop", f"it{it}_w", student="w", train_split="target_train",
+                  val_split="target_val", loss="clip", init=w["model_uri"],
+                  kd_teacher=f["model_uri"] if kd else None)
+        f = phase("f_loop", f"it{it}_f", student="f", train_split="target_train",
+                  val_split="target_val", loss="pseudo", init=f["model_uri"],
+                  pseudo_teacher=w["model_uri"])
         rows.append({"iteration": it, "f": f, "w": w})
-        if w["best_val_score"] > best_w["best_val_score"] + 1e-9:
-            best_w, best_w_name = w, f"{prefix}-it{it}_w"
-        if f["best_val_score"] > best_f["best_val_score"] + 1e-9:
-            best_f = f
-        # Algorithm 1 loops until the f student stops improving; with final_student=best the
-        # loop follows the model it would report, the better of the two students.
-        if reported() > best_score + 1e-9:
-            best_score, stale = reported(), 0
+        if final().score > best_score + TIE:
+            best_score, stale = final().score, 0
         else:
             stale += 1
             if stale >= method.iteration_patience:
-                who = "the better student's" if either else "f student's"
+                who = "the better student's" if method.final_student == "best" else "f student's"
                 say(f"{prefix}: {who} validation score stopped improving after iteration {it}")
                 break
-    if either and best_w["best_val_score"] > best_f["best_val_score"] + 1e-9:
-        say(f"{prefix}: final model is the w student of {best_w_name} (validation "
-            f"{best_w['best_val_score']:.1f} > f {best_f['best_val_score']:.1f}; method.final_student=best)")
-        return {"final": best_w, "final_student": "w", "w": w, "rows": rows}
-    return {"final": best_f, "final_student": "f", "w": w, "rows": rows}
+    chosen = final()
+    if chosen.student == "w":
+        say(f"{prefix}: final model is the w student of {chosen.name} (validation "
+            f"{chosen.score:.1f} > f {final('f').score:.1f}; method.final_student=best)")
+    return {"final": results[chosen.name], "final_student": chosen.student, "w": w, "rows": rows}
 
 
 def run_all(cfg: Config, *, storage_override: str | None = None, ablations: bool = False,

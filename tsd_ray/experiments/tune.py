@@ -66,6 +66,7 @@ from tsd_ray.common.config import (
     set_dotted,
     to_dict,
 )
+from tsd_ray.experiments.final_model import Outcome, final_model
 
 DISTRIBUTIONS = ("choice", "uniform", "loguniform", "randint", "grid")
 SCHEDULERS = ("asha", "fifo")
@@ -399,35 +400,35 @@ def trial_run_name(name: str, trial_id: str) -> str:
 class ScoreTracker:
     """What a trial reports after each phase.
 
-    ``val_score`` is the f student's best validation score so far (event- or segment-F in %,
-    ``eval.selection_metric``): phase 1 scores f on the source validation split; once an f
-    phase on the target domain has run (phase 4, the loop) only target-domain f scores count,
-    and the last value equals the score of the final MS model (``run_ms``'s best f when
-    ``method.final_student=f``). With ``method.pseudo`` off the final model is the w student,
-    whose target score takes over at phase 3. ASHA compares trials at equal
-    ``training_iteration``, i.e. after the same phase, so values on different splits are never
-    compared with each other. With ``either`` (``method.final_student=best``) target-domain w
-    scores count as well, from phase 3 on, so the last value is the better student's score,
-    again the final MS model's.
+    ``val_score`` is the validation score of the model MS would report if the run ended now
+    (:func:`tsd_ray.experiments.final_model.final_model`, the rule ``run_ms`` uses): once a
+    target-domain student qualifies (phase 3's w when ``method.pseudo`` is off or
+    ``method.final_student=best``, else phase 4's f), its score; before that, the best f score
+    on the source validation split (phase 1). So the last value equals the final MS model's
+    score, and ASHA, which compares trials at equal ``training_iteration`` (after the same
+    phase), never compares values from different splits.
     """
 
     def __init__(self, pseudo: bool = True, either: bool = False):
         self.pseudo = pseudo
-        self.either = either
+        self.final_student = "best" if either else "f"
+        self.outcomes: list[Outcome] = []
         self.val_score = math.nan
         self.val_split = ""
-        self.phases_done = 0
+
+    @property
+    def phases_done(self) -> int:
+        return len(self.outcomes)
 
     def update(self, phase: str, student: str, val_split: str, score: float) -> dict[str, Any]:
         """Metrics to report after ``phase`` (``student`` f/w, scored ``score`` on ``val_split``)."""
         score = float(score)
-        self.phases_done += 1
-        on_target = val_split.startswith("target")
-        if student == "f" or ((not self.pseudo or self.either) and on_target) or math.isnan(self.val_score):
-            if math.isnan(self.val_score) or (on_target and not self.val_split.startswith("target")):
-                self.val_score, self.val_split = score, val_split  # target scores supersede source ones
-            elif val_split == self.val_split:
-                self.val_score = max(self.val_score, score)
+        self.outcomes.append(Outcome(phase, student, val_split, score))
+        chosen = final_model(self.outcomes, pseudo=self.pseudo, final_student=self.final_student)
+        if chosen is None:  # no target-domain model yet: the source-domain f (or the first phase)
+            source_f = [o for o in self.outcomes if o.student == "f" and not o.on_target]
+            chosen = max(source_f, key=lambda o: o.score) if source_f else self.outcomes[0]
+        self.val_score, self.val_split = chosen.score, chosen.val_split
         return {
             "val_score": self.val_score,
             "val_split": self.val_split,
