@@ -12,8 +12,6 @@ Shipped configs live in ``tsd_ray/configs/``; a config file may start with
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import types
 import typing
 from dataclasses import dataclass, field
@@ -21,6 +19,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+
+from tsd_ray.common.digest import digest
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
@@ -273,8 +273,7 @@ class Config:
         d = self.to_dict()
         if sections:
             d = {k: d[k] for k in sections}
-        blob = json.dumps(d, sort_keys=True).encode()
-        return hashlib.sha256(blob).hexdigest()[:16]
+        return digest(d)
 
 
 # --------------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from typing import Any
 
 from tsd_ray.common import environment, storage
 from tsd_ray.common.config import Config, MethodConfig, dump_config, to_dict
+from tsd_ray.common.digest import digest, without_neutral_keys
 from tsd_ray.data.shards import Manifest, load_manifest
 from tsd_ray.experiments.final_model import TIE, Outcome, final_model
 from tsd_ray.experiments.ledger import Ledger
@@ -191,14 +192,7 @@ def open_run(cfg: Config, root: str, manifest: Manifest, new_run: bool) -> Run:
 
 def result_digest(cfg: Config) -> str:
     """Digest of everything that changes results (not the run's name/storage or fault hooks)."""
-    d = to_dict(cfg)
-    d.pop("run", None)
-    for k in ("fail_at_epoch", "max_failures"):
-        d["train"].pop(k, None)
-    import hashlib
-    import json
-
-    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+    return digest(without_neutral_keys(to_dict(cfg)))
 
 
 # --------------------------------------------------------------------------------------------

@@ -42,7 +42,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
-import hashlib
 import io
 import json
 import math
@@ -66,6 +65,7 @@ from tsd_ray.common.config import (
     set_dotted,
     to_dict,
 )
+from tsd_ray.common.digest import digest, without_neutral_keys
 from tsd_ray.experiments.final_model import Outcome, final_model
 
 DISTRIBUTIONS = ("choice", "uniform", "loguniform", "randint", "grid")
@@ -453,22 +453,16 @@ class TrialSetup:
     embeddings_uri: str = ""
 
 
-def _digest(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
-
-
 def data_key(cfg: Config) -> str:
     """Digest of what decides the features (corpus, front end, samples, build)."""
     d = to_dict(cfg)
-    return _digest({k: d[k] for k in ("data", "frontend", "samples", "build")} | {"overlap": cfg.method.overlap_classes})
+    return digest({k: d[k] for k in ("data", "frontend", "samples", "build")} | {"overlap": cfg.method.overlap_classes})
 
 
 def encoder_key(cfg: Config, features_uri: str) -> str:
     """Digest of what decides the pretrained encoder: its section, train settings, features."""
-    tr = to_dict(cfg.train)
-    for k in ("fail_at_epoch", "max_failures"):
-        tr.pop(k, None)
-    return _digest({"encoder": to_dict(cfg.encoder), "train": tr, "features": features_uri})
+    tr = without_neutral_keys({"train": to_dict(cfg.train)})["train"]
+    return digest({"encoder": to_dict(cfg.encoder), "train": tr, "features": features_uri})
 
 
 def shared_encoder(cfg: Config, root: str, manifest) -> tuple[str, str, str]:
@@ -709,7 +703,7 @@ def best_config_yaml(base: dict, best: TrialRow, *, name: str, root: str, space:
 def _setup_record(space: SearchSpace, base: dict, num_samples: int) -> dict:
     """What a restore must match: the space's content (not its path), base config, samples."""
     sp = {k: v for k, v in space.to_dict().items() if k not in ("path", "description")}
-    return json.loads(json.dumps({"space": sp, "base_config_digest": _digest(base), "num_samples": num_samples}))
+    return json.loads(json.dumps({"space": sp, "base_config_digest": digest(base), "num_samples": num_samples}))
 
 
 def run_search(

@@ -6,12 +6,11 @@ one training function (:mod:`tsd_ray.train.worker`) runs them all.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import asdict, dataclass, replace
 from typing import Literal
 
 from tsd_ray.common.config import Config, PhaseConfig
+from tsd_ray.common.digest import digest
 
 Student = Literal["f", "w"]
 Loss = Literal["frame", "clip", "pseudo"]
@@ -73,7 +72,7 @@ class PhaseSpec:
         """
         fields = self.to_dict()
         fields.pop("name")
-        return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
+        return digest(fields)
 
     def with_(self, **changes) -> PhaseSpec:
         return replace(self, **changes)

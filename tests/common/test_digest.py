@@ -1,0 +1,27 @@
+"""One digest helper and one list of result-neutral keys."""
+
+import hashlib
+import json
+
+from tsd_ray.common.config import load_config, to_dict
+from tsd_ray.common.digest import RESULT_NEUTRAL, digest, without_neutral_keys
+from tsd_ray.experiments.pipeline import result_digest
+
+
+def test_digest_is_the_sha256_of_sorted_json():
+    obj = {"b": [1, 2], "a": {"z": 0.5}}
+    assert digest(obj) == hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
+    assert digest({"a": {"z": 0.5}, "b": [1, 2]}) == digest(obj)  # key order does not matter
+    assert len(digest(obj, 20)) == 20
+
+
+def test_neutral_keys_leave_the_result_digest_alone_and_others_move_it():
+    cfg = load_config("tiny")
+    base = result_digest(cfg)
+    renamed = load_config("tiny", ["run.name=other", "run.storage=/elsewhere", "train.fail_at_epoch=2",
+                                   "train.max_failures=3"])
+    assert result_digest(renamed) == base
+    assert result_digest(load_config("tiny", ["train.seed=7"])) != base
+    d = without_neutral_keys(to_dict(cfg))
+    assert "run" not in d and not set(RESULT_NEUTRAL["train"]) & set(d["train"])
+    assert "run" in to_dict(cfg)  # the input is not changed

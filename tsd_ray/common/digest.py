@@ -1,0 +1,43 @@
+"""Short stable digests of configs and specs, and the one list of result-neutral config keys.
+
+A digest is the first 16 hex digits of the sha256 of the object's JSON (sorted keys): the
+ledger pins a run's config by it, a phase is reused by its spec's digest, Tune shares an
+encoder among trials by it. Keys that change where or how a run is kept, but not what it
+computes, are left out of result digests (:data:`RESULT_NEUTRAL`), so renaming a run or
+adding a fault hook does not make its results look different.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from typing import Any
+
+__all__ = ["RESULT_NEUTRAL", "digest", "without_neutral_keys"]
+
+#: config section -> keys that do not change results (None: the whole section)
+RESULT_NEUTRAL: dict[str, tuple[str, ...] | None] = {
+    "run": None,  # the run's name and storage root
+    "train": ("fail_at_epoch", "max_failures"),  # the fault-injection hook and Ray's retry budget
+}
+
+
+def digest(obj: Any, length: int = 16) -> str:
+    """First ``length`` hex digits of the sha256 of ``obj`` as JSON with sorted keys."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:length]
+
+
+def without_neutral_keys(config: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a config dict (or of any subset of its sections) without the keys of
+    :data:`RESULT_NEUTRAL`."""
+    out = copy.deepcopy(config)
+    for section, keys in RESULT_NEUTRAL.items():
+        if section not in out:
+            continue
+        if keys is None:
+            del out[section]
+        else:
+            for k in keys:
+                out[section].pop(k, None)
+    return out
