@@ -69,7 +69,7 @@ class PickleDataset:
 
 def prepare(root: Path, n_samples: int, rows_per_shard: int, workers: int) -> tuple[str, list[str]]:
     """Built features for ``n_samples`` TSD samples (2 per mixture) and one pickle per sample."""
-    from tsd_ray.data.shards import shards as data
+    from tsd_ray.data import shards as data
 
     n_mix = (n_samples + 1) // 2
     wavs = make_wavs(root / "wav22k", n_mix, sr=22050)
@@ -104,7 +104,7 @@ def _checksum(batch, acc: dict) -> None:
 
 
 def ray_pass(features: str, batch_size: int, shuffle_buffer: int | None) -> dict:
-    from tsd_ray.data.shards import shards as data
+    from tsd_ray.data import shards as data
 
     acc = {"rows": 0, "labels": 0.0, "targets": 0}
     t0 = time.perf_counter()
@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> None:
     features, paths = prepare(root, args.n, args.rows_per_shard, args.cpus)
     prep_s = time.perf_counter() - t0
     size = lambda files: sum(os.path.getsize(f) for f in files) / 2**20  # noqa: E731
-    from tsd_ray.data.shards import shards as data
+    from tsd_ray.data import shards as data
 
     parquet_mb = size(data.load_manifest(features).files(SPLIT))
     print(f"# bench_read: {len(paths)} samples, batch {args.batch_size}, {args.cpus} cpus, "

@@ -157,7 +157,7 @@ def read_dataset(features: str, split: str, reader: str = "tsd"):
     DataContext); ``per_file``: :func:`per_file_reader` (an alternative, not tsd_ray's)."""
     from ray.data import DataContext
 
-    from tsd_ray.data.shards import shards as data
+    from tsd_ray.data import shards as data
 
     if reader == "per_file":
         return per_file_reader(features, split)
@@ -173,7 +173,7 @@ def per_file_reader(features: str, split: str):
     import ray
 
     from tsd_ray.common import storage
-    from tsd_ray.data.shards import shards as data
+    from tsd_ray.data import shards as data
 
     manifest = data.load_manifest(features)
     expand = data._expander(manifest, None, False)

@@ -10,6 +10,8 @@ import os
 import sys
 
 from tsd_ray.apps.cli import add_config_args, config_from_args, setup_logging
+from tsd_ray.data.build import BuildError, build_features
+from tsd_ray.data.corpora import SpecError, load_spec, read_corpus
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,8 +24,6 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     cfg = config_from_args(args)
 
-    from tsd_ray.data.build import BuildError, build_features
-    from tsd_ray.data.corpora import SpecError, load_spec, read_corpus
 
     try:
         spec = load_spec(args.spec)

@@ -21,6 +21,13 @@ import dataclasses
 import os
 import sys
 
+from tsd_ray.apps import detect
+from tsd_ray.apps.detect import DetectError, export_from_run, write_text
+from tsd_ray.apps.plots import plot_detection
+from tsd_ray.data.audio import AudioError
+from tsd_ray.metrics.scoring import PostProcessing, score_event_lists
+from tsd_ray.models.checkpoint import CheckpointError, export_detector
+
 
 def _export(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="jobs/detect.py export", description="Write a self-contained detector file.")
@@ -34,8 +41,6 @@ def _export(argv: list[str]) -> int:
     p.add_argument("--out", required=True, help="detector file to write (path or URI)")
     args = p.parse_args(argv)
 
-    from tsd_ray.apps.detect import DetectError, export_from_run
-    from tsd_ray.models.checkpoint import CheckpointError, export_detector
 
     try:
         if args.run:
@@ -53,7 +58,6 @@ def _export(argv: list[str]) -> int:
 
 
 def _write(path: str | None, text: str) -> None:
-    from tsd_ray.apps.detect import write_text
 
     if path in (None, "-"):
         sys.stdout.write(text)
@@ -83,10 +87,6 @@ def _detect(argv: list[str]) -> int:
     p.add_argument("--serial", action="store_true", help="folder mode without Ray (one process)")
     args = p.parse_args(argv)
 
-    from tsd_ray.apps import detect
-    from tsd_ray.data.audio import AudioError
-    from tsd_ray.metrics.scoring import PostProcessing
-    from tsd_ray.models.checkpoint import CheckpointError
 
     label = args.label or detect.DEFAULT_LABEL
     try:
@@ -124,13 +124,11 @@ def _detect(argv: list[str]) -> int:
         if args.frames:
             _write(args.frames, detect.format_frames_tsv([d]))
         if truth and all(e.label == label for e in truth):
-            from tsd_ray.metrics.scoring import score_event_lists
 
             sc = score_event_lists({name: truth}, {name: list(d.events)}, {name: d.duration_s}, classes=[label])
             print(f"vs {args.labels}: event-F {sc.event_f:.1f} %, segment-F {sc.segment_f:.1f} % "
                   f"({len(truth)} true, {len(d.events)} detected events)", file=sys.stderr)
         if args.plot:
-            from tsd_ray.apps.plots import plot_detection
 
             plot_detection(d, args.plot, true_events=truth)
         print(f"{name}: {d.duration_s:.1f} s, {len(d.events)} events", file=sys.stderr)

@@ -11,6 +11,12 @@ import os
 import sys
 
 from tsd_ray.apps.cli import add_config_args, config_from_args, setup_logging
+from tsd_ray.common import environment, storage
+from tsd_ray.common.types import SPLIT_DOMAIN
+from tsd_ray.data.shards import load_manifest
+from tsd_ray.evaluate.predict import evaluate_model
+from tsd_ray.evaluate.report import write_evaluation
+from tsd_ray.models.checkpoint import CheckpointError, load_payload
 
 
 def choose_val_split(split: str, val_split: str | None) -> tuple[str, str | None]:
@@ -22,7 +28,6 @@ def choose_val_split(split: str, val_split: str | None) -> tuple[str, str | None
     domain (its samples hold the other domain's classes, so nothing on it says how the scored
     classes should be post-processed).
     """
-    from tsd_ray.common.types import SPLIT_DOMAIN
 
     known = ", ".join(SPLIT_DOMAIN)
     if split not in SPLIT_DOMAIN:
@@ -61,11 +66,6 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     cfg = config_from_args(args)
 
-    from tsd_ray.common import environment, storage
-    from tsd_ray.data.shards import load_manifest
-    from tsd_ray.evaluate.predict import evaluate_model
-    from tsd_ray.evaluate.report import write_evaluation
-    from tsd_ray.models.checkpoint import CheckpointError, load_payload
 
     model = args.checkpoint
     if not model.endswith(".pt"):

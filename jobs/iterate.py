@@ -11,6 +11,7 @@ import sys
 
 from tsd_ray.apps.cli import add_config_args, config_from_args, setup_logging
 from tsd_ray.experiments.ledger import LedgerError
+from tsd_ray.experiments.pipeline import run_all
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,7 +27,6 @@ def main(argv: list[str] | None = None) -> int:
     extra = [f"run.name={args.run_name}"] if args.run_name else []
     cfg = config_from_args(args, extra)
 
-    from tsd_ray.experiments.pipeline import run_all
 
     try:
         run_all(cfg, storage_override=args.storage, ablations=args.ablations,

@@ -10,6 +10,10 @@ from __future__ import annotations
 import argparse
 import sys
 
+from tsd_ray.apps.detect import DetectError
+from tsd_ray.apps.plots import plot_training
+from tsd_ray.common import storage
+
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -18,9 +22,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", action="append", help="only ledger steps whose name starts with this (repeatable)")
     args = p.parse_args(argv)
 
-    from tsd_ray.apps.detect import DetectError
-    from tsd_ray.apps.plots import plot_training
-    from tsd_ray.common import storage
 
     run_dir = args.run_dir[: -len("/ledger.json")] if args.run_dir.endswith("/ledger.json") else args.run_dir
     out = args.out or storage.join(run_dir, "training_curves.png")

@@ -18,6 +18,7 @@ import sys
 
 from tsd_ray.apps.cli import add_config_args, setup_logging
 from tsd_ray.common.config import ConfigError
+from tsd_ray.experiments.tune import run_search, validate
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,7 +33,6 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     setup_logging()
 
-    from tsd_ray.experiments.tune import run_search, validate
 
     try:
         space, base, _ = validate(args.space, args.config, args.overrides)

@@ -108,6 +108,7 @@ def test_features_built_into_the_bucket_and_read_back_with_ray_data(s3, manifest
 
 
 def test_phase_trains_on_s3_and_the_run_resumes_from_its_ledger(s3, cfg, manifest, monkeypatch):
+    from tsd_ray.experiments import pipeline
     from tsd_ray.experiments.pipeline import Run
     from tsd_ray.models.encoder import Cnn14Encoder
     from tsd_ray.train import driver as runner
@@ -141,7 +142,7 @@ def test_phase_trains_on_s3_and_the_run_resumes_from_its_ledger(s3, cfg, manifes
     def no_training(*a, **k):
         raise AssertionError("the phase ran again instead of being skipped")
 
-    monkeypatch.setattr(runner, "run_phase", no_training)
+    monkeypatch.setattr(pipeline, "run_phase", no_training)  # where the run looks it up
     again = Run(cfg, RUNS, manifest)
     again.embeddings = emb_uri
     assert again.ledger.done("f_src")

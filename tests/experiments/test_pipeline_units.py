@@ -7,7 +7,7 @@ import pytest
 
 from tsd_ray.common.config import load_config
 from tsd_ray.experiments.pipeline import ABLATIONS, Run, run_ms
-from tsd_ray.train import driver as runner
+from tsd_ray.experiments import pipeline
 
 
 @pytest.fixture
@@ -22,7 +22,7 @@ def fake_run(tmp_path, monkeypatch):
             model_uri=f"{storage_path}/{run_name}-{spec.name}/model.pt", checkpoint_uri=None,
             best_val_score=float(len(trained)), best_metrics={}, history=[])
 
-    monkeypatch.setattr(runner, "run_phase", fake_run_phase)
+    monkeypatch.setattr(pipeline, "run_phase", fake_run_phase)
     run = Run(cfg, str(tmp_path), manifest=None)
     run.embeddings = "emb.parquet"
     return run, trained
@@ -104,7 +104,7 @@ def test_final_student_best_takes_the_w_student_only_when_it_validates_higher(fa
             model_uri=f"{storage_path}/{run_name}-{spec.name}/model.pt", checkpoint_uri=None,
             best_val_score=scores.get(spec.name.split("-", 1)[1], 1.0), best_metrics={}, history=[])
 
-    monkeypatch.setattr(runner, "run_phase", fake_run_phase)
+    monkeypatch.setattr(pipeline, "run_phase", fake_run_phase)
     paper = run_ms(run, dataclasses.replace(run.cfg.method, final_student="f"))  # the best-validating f (phase 4)
     assert paper["final_student"] == "f" and paper["final"]["model_uri"].endswith("MS-p4_f_target/model.pt")
     assert run.cfg.method.final_student == "best"  # the default
@@ -132,7 +132,7 @@ def test_the_loop_stops_on_the_reported_students_validation_score(fake_run, monk
             model_uri=f"{storage_path}/{run_name}-{spec.name}/model.pt", checkpoint_uri=None,
             best_val_score=scores.get(spec.name.split("-", 1)[1], 1.0), best_metrics={}, history=[])
 
-    monkeypatch.setattr(runner, "run_phase", fake_run_phase)
+    monkeypatch.setattr(pipeline, "run_phase", fake_run_phase)
     def iterations(prefix):  # the loop iterations a chain ran (trained or reused from the ledger)
         return [it for it in (1, 2, 3) if run.ledger.done(f"{prefix}-it{it}_f")]
 

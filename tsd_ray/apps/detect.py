@@ -50,6 +50,7 @@ import torch
 
 from tsd_ray.common import storage
 from tsd_ray.common.config import EvalConfig, FrontendConfig, from_dict
+from tsd_ray.common.ray_env import cluster_cpus, cluster_gpus, ensure_ray
 from tsd_ray.common.types import Event
 from tsd_ray.data.audio import load_audio
 from tsd_ray.data.build import SILENCE_RMS  # reference clips quieter than this are refused
@@ -57,6 +58,8 @@ from tsd_ray.data.features import TIME_POOL, LogMel, n_input_frames, output_hop_
 from tsd_ray.experiments.final_model import Outcome, final_model
 from tsd_ray.metrics.scoring import PostProcessing, postprocess
 from tsd_ray.models import checkpoint as ckpt
+from tsd_ray.models.encoder import freeze
+from tsd_ray.train.encoder import normalise_embedding
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +118,6 @@ def load_detector(
     given. Raises :class:`~tsd_ray.models.checkpoint.CheckpointError` (a missing, corrupt or
     other-version file, naming it) or :class:`DetectError`.
     """
-    from tsd_ray.models.encoder import freeze
 
     payload = ckpt.load_payload(uri)
     kind = payload.get("kind")
@@ -248,7 +250,6 @@ def _as_stored(mel: np.ndarray) -> np.ndarray:
 
 def embed_reference(det: LoadedDetector, paths: Sequence[str], *, logmel: LogMel | None = None) -> Reference:
     """Embed reference clips of one class: per-clip normalised embeddings, averaged, normalised."""
-    from tsd_ray.train.encoder import normalise_embedding
 
     if not paths:
         raise DetectError("no reference clip given: pass --reference REF.wav (repeatable)")
@@ -599,7 +600,6 @@ def detect_many(
     if use_ray:
         import ray
 
-        from tsd_ray.common.ray_env import cluster_cpus, cluster_gpus, ensure_ray
 
         ensure_ray()
         gpus = cluster_gpus()

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from tsd_ray.apps.detect import DetectError, read_ledger_steps
 from tsd_ray.common import storage
 from tsd_ray.common.types import Event
 
@@ -140,7 +141,6 @@ def plot_training(
     separators and names. ``steps`` picks ledger steps by name prefix (e.g. ``["MS-"]``).
     Returns ``out_png``; raises :class:`tsd_ray.apps.detect.DetectError` when the run has no curves.
     """
-    from tsd_ray.apps.detect import DetectError, read_ledger_steps
 
     all_steps = read_ledger_steps(run_dir)
     if steps:

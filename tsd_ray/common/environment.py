@@ -30,6 +30,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from tsd_ray.common import storage
+
 #: The packages whose versions every run reports by name (the lock covers the rest).
 KEY_PACKAGES: tuple[str, ...] = ("torch", "torchaudio", "ray", "numpy", "pyarrow", "sed_eval", "soundfile")
 
@@ -232,7 +234,6 @@ def record(run_dir: str, env: Mapping[str, Any]) -> dict[str, Any]:
     A run resumed on another machine or after ``make lock`` keeps the history, so its report
     can say that its steps come from more than one environment.
     """
-    from tsd_ray.common import storage
 
     uri = storage.join(run_dir, "environment.json")
     old = storage.read_json(uri) if storage.exists(uri) else {}

@@ -34,6 +34,7 @@ import pyarrow.parquet as pq
 
 from tsd_ray.common import storage
 from tsd_ray.common.config import BuildConfig, FrontendConfig, SamplesConfig, to_dict
+from tsd_ray.common.ray_env import cluster_cpus, cluster_gpus, ensure_ray
 from tsd_ray.common.types import SPLITS, Corpus, Event, MixtureRecord, Quarantined
 from tsd_ray.data.audio import AudioError, load_audio
 from tsd_ray.data.features import (
@@ -437,7 +438,6 @@ def _unusable_references(out: str, corpus: Corpus, ref_shards: Sequence[ShardPla
 def _run_on_ray_data(out: str, pending: list[ShardPlan], frontend: FrontendConfig, build_cfg: BuildConfig) -> None:
     import ray
 
-    from tsd_ray.common.ray_env import cluster_cpus, cluster_gpus, ensure_ray
 
     ensure_ray()
     use_gpu = frontend.device != "cpu" and cluster_gpus() > 0

@@ -28,6 +28,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from tsd_ray.common import storage
+from tsd_ray.common.ray_env import quiet_data_context
 
 NUMERIC_KEYS = (
     "mel",
@@ -408,7 +409,6 @@ def read_samples(
     """
     import ray
 
-    from tsd_ray.common.ray_env import quiet_data_context
 
     quiet_data_context()
     manifest = features if isinstance(features, Manifest) else load_manifest(features)
@@ -432,7 +432,6 @@ def read_mixture_items(features: str | Manifest, splits: Sequence[str], make_ite
     """
     import ray
 
-    from tsd_ray.common.ray_env import quiet_data_context
 
     quiet_data_context()
     manifest = features if isinstance(features, Manifest) else load_manifest(features)
@@ -448,7 +447,6 @@ def read_references(features: str | Manifest):
     """Ray Dataset of reference clips: reference_id, label, mel (B, T_ref, F), n_frames."""
     import ray
 
-    from tsd_ray.common.ray_env import quiet_data_context
 
     quiet_data_context()
     manifest = features if isinstance(features, Manifest) else load_manifest(features)

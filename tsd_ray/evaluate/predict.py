@@ -6,22 +6,24 @@ import numpy as np
 import torch
 
 from tsd_ray.common.config import EvalConfig
+from tsd_ray.common.ray_env import cluster_gpus, ensure_ray
+from tsd_ray.common.types import Event
 from tsd_ray.data.shards import Manifest, read_samples
+from tsd_ray.metrics.scoring import ScoredSample, score_samples, tune_postprocessing
 from tsd_ray.models import checkpoint as ckpt
+from tsd_ray.train.worker import load_reference_table, predict_batches
 
 
 class _Predictor:
     """Ray Data actor: a frozen student + reference table on the best device."""
 
     def __init__(self, model_uri: str, embeddings_uri: str, n_classes: int):
-        from tsd_ray.train.worker import load_reference_table
 
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.model = ckpt.load_student(model_uri).to(self.device).eval()
         self.refs = load_reference_table(embeddings_uri, n_classes).to(self.device)
 
     def __call__(self, b: dict) -> dict:
-        from tsd_ray.train.worker import predict_batches
 
         (_, probs), = list(predict_batches(self.model, self.refs, [b], self.device))
         keep = ("sample_id", "target", "n_valid", "event_onsets", "event_offsets")
@@ -34,9 +36,6 @@ def predict_split(model_uri: str, manifest: Manifest, embeddings_uri: str, split
     """ScoredSamples of ``split`` for a student model file (Ray Data actor pool, GPU if any)."""
     import ray
 
-    from tsd_ray.common.ray_env import cluster_gpus, ensure_ray
-    from tsd_ray.common.types import Event
-    from tsd_ray.metrics.scoring import ScoredSample
 
     ensure_ray()
     ds = read_samples(manifest, split, with_ids=True).map_batches(
@@ -79,7 +78,6 @@ def evaluate_model(model_uri: str, manifest: Manifest, embeddings_uri: str, ev: 
 
     Returns {"segment_f", "event_f", "postprocessing", "per_class", "val": {...}, "settings"}.
     """
-    from tsd_ray.metrics.scoring import score_samples, tune_postprocessing
 
     classes = manifest.target_classes if split.startswith("target") else manifest.source_classes
     kw = score_kwargs(ev, manifest.output_hop_s)

@@ -18,9 +18,17 @@ from typing import Any
 from tsd_ray.common import environment, storage
 from tsd_ray.common.config import Config, MethodConfig, dump_config, to_dict
 from tsd_ray.common.digest import digest, without_neutral_keys
-from tsd_ray.data.shards import Manifest, load_manifest
+from tsd_ray.common.ray_env import ensure_ray
+from tsd_ray.data.build import build_features
+from tsd_ray.data.corpora import load_spec, read_corpus
+from tsd_ray.data.shards import Manifest, load_manifest, read_mixture_table
+from tsd_ray.data.synthetic import make_corpus
+from tsd_ray.evaluate.predict import evaluate_model
+from tsd_ray.evaluate.report import format_table1, write_report
 from tsd_ray.experiments.final_model import TIE, Outcome, final_model
-from tsd_ray.experiments.ledger import Ledger
+from tsd_ray.experiments.ledger import Ledger, LedgerError
+from tsd_ray.train.driver import embeddings_file, run_phase
+from tsd_ray.train.encoder import embed_references, embedding_quality, pretrain_encoder
 from tsd_ray.train.phase import PhaseSpec, make_phase, ss_phase, ws_phase
 
 log = logging.getLogger(__name__)
@@ -53,12 +61,9 @@ def run_dir(cfg: Config, root: str) -> str:
 
 def prepare_features(cfg: Config, root: str) -> Manifest:
     """Features of the configured corpus, built (or resumed) if needed; shared across runs."""
-    from tsd_ray.data.build import build_features
-    from tsd_ray.data.corpora import load_spec, read_corpus
 
     spec_path = cfg.data.spec
     if spec_path is None:
-        from tsd_ray.data.synthetic import make_corpus
 
         local_root = root if not storage.is_uri(root) else storage.expand("~/tsd_runs")
         tag = f"synthetic-{cfg.data.synthetic_preset}-{cfg.data.synthetic_seed}"
@@ -125,8 +130,6 @@ class Run:
 
     # -- encoder ---------------------------------------------------------------------------
     def prepare_encoder(self) -> str:
-        from tsd_ray.train.driver import embeddings_file
-        from tsd_ray.train.encoder import embed_references, embedding_quality, pretrain_encoder
 
         enc = self.step("encoder", lambda: {"model_uri": pretrain_encoder(
             self.cfg, self.manifest, storage_path=self.root, run_name=self.cfg.run.name)})
@@ -146,7 +149,6 @@ class Run:
     # -- phases ----------------------------------------------------------------------------
     def phase(self, spec: PhaseSpec) -> dict[str, Any]:
         """Train ``spec`` unless the ledger has it, or has a phase that differs only in name."""
-        from tsd_ray.train.driver import run_phase
 
         key = spec.content_key()
         if not self.ledger.done(spec.name):
@@ -167,7 +169,6 @@ class Run:
         return self.step(spec.name, go)
 
     def evaluate(self, name: str, model_uri: str) -> dict[str, Any]:
-        from tsd_ray.evaluate.predict import evaluate_model
 
         # the evaluated model is recorded: it is the recipe's final model (jobs/detect.py export)
         return self.step(name, lambda: {**evaluate_model(model_uri, self.manifest, self.embeddings, self.cfg.eval),
@@ -176,7 +177,6 @@ class Run:
 
 def open_run(cfg: Config, root: str, manifest: Manifest, new_run: bool) -> Run:
     """Open the run's ledger; with ``new_run`` a config clash picks the next free name."""
-    from tsd_ray.experiments.ledger import LedgerError
 
     base, k = cfg.run.name, 1
     while True:
@@ -263,8 +263,6 @@ def run_ms(run: Run, method: MethodConfig, prefix: str = "MS") -> dict[str, Any]
 def run_all(cfg: Config, *, storage_override: str | None = None, ablations: bool = False,
             iteration_table: bool = False, new_run: bool = False) -> dict[str, Any]:
     """The main job: SS, WS, MS (+ ablations, + per-iteration table) and the report."""
-    from tsd_ray.common.ray_env import ensure_ray
-    from tsd_ray.evaluate.report import format_table1, write_report
 
     ensure_ray()
     root = storage_root(cfg, storage_override)
@@ -367,7 +365,6 @@ def _steps_by_environment(run: Run) -> dict[str, list[str]]:
 
 def _has_target_strong(run: Run) -> bool:
     """True when target_train rows carry strong labels (kept aside for SS)."""
-    from tsd_ray.data.shards import read_mixture_table
 
     t = read_mixture_table(run.manifest, "target_train", columns=["has_strong"])
     return bool(t.num_rows) and all(t.column("has_strong").to_pylist())

@@ -66,7 +66,13 @@ from tsd_ray.common.config import (
     to_dict,
 )
 from tsd_ray.common.digest import digest, without_neutral_keys
+from tsd_ray.common.ray_env import cluster_cpus, cluster_gpus, ensure_ray, quiet_data_context
+from tsd_ray.data.shards import load_manifest
 from tsd_ray.experiments.final_model import Outcome, final_model
+from tsd_ray.experiments.ledger import Ledger
+from tsd_ray.experiments.pipeline import Run, prepare_features, run_ms, say
+from tsd_ray.train.driver import embeddings_file
+from tsd_ray.train.encoder import embed_references, pretrain_encoder
 
 DISTRIBUTIONS = ("choice", "uniform", "loguniform", "randint", "grid")
 SCHEDULERS = ("asha", "fifo")
@@ -471,10 +477,6 @@ def shared_encoder(cfg: Config, root: str, manifest) -> tuple[str, str, str]:
     Lives in the run folder ``_encoder-<key>`` with a ledger pinned to the key, so a second
     search with the same encoder settings reuses it. Returns (key, encoder URI, embeddings URI).
     """
-    from tsd_ray.experiments.ledger import Ledger
-    from tsd_ray.experiments.pipeline import say
-    from tsd_ray.train.driver import embeddings_file
-    from tsd_ray.train.encoder import embed_references, pretrain_encoder
 
     key = encoder_key(cfg, manifest.uri)
     run_name = f"_encoder-{key}"
@@ -489,7 +491,6 @@ def shared_encoder(cfg: Config, root: str, manifest) -> tuple[str, str, str]:
 
 
 def _reporting_run_class():
-    from tsd_ray.experiments.pipeline import Run
 
     class ReportingRun(Run):
         """A pipeline Run that calls ``on_phase(spec, entry)`` after every phase (done or skipped)."""
@@ -509,8 +510,6 @@ def _reporting_run_class():
 def run_trial(setup: TrialSetup, params: Mapping[str, Any], trial_id: str,
               report: Callable[[dict], None]) -> dict[str, Any]:
     """One trial: Algorithm 1 (MS) with the sampled params, ``report`` after every phase."""
-    from tsd_ray.data.shards import load_manifest
-    from tsd_ray.experiments.pipeline import prepare_features, run_ms, say
 
     cfg = trial_config(setup.base, params, run_name=trial_run_name(setup.name, trial_id), root=setup.root)
     if data_key(cfg) == setup.data_key:
@@ -544,7 +543,6 @@ def trial_main(config: dict, setup: TrialSetup) -> None:
     import ray
     from ray import tune as rtune
 
-    from tsd_ray.common.ray_env import quiet_data_context
 
     quiet_data_context()
     trial_id = rtune.get_context().get_trial_id()
@@ -727,8 +725,6 @@ def run_search(
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
-    from tsd_ray.common.ray_env import cluster_cpus, cluster_gpus, ensure_ray
-    from tsd_ray.experiments.pipeline import prepare_features, say
 
     base = _absolute_paths(base)
     cfg = check_params(space, base)
@@ -797,7 +793,6 @@ def run_search(
 
 def write_outputs(grid, space: SearchSpace, base: dict, *, name: str, root: str, restored: bool = False) -> SearchOutcome:
     """Summary table (Markdown + JSON) and ``best_config.yaml`` into the experiment folder."""
-    from tsd_ray.experiments.pipeline import say
 
     exp = storage.join(root, name)
     rows = [_row(r, name, root, space.keys) for r in grid]

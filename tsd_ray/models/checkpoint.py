@@ -19,6 +19,8 @@ import torch
 
 from tsd_ray.common import storage
 from tsd_ray.common.config import DetectorConfig, EncoderConfig, from_dict, to_dict
+from tsd_ray.models.detector import Detector
+from tsd_ray.models.encoder import Cnn14Encoder
 
 FORMAT = "tsd_ray.model"
 VERSION = 1
@@ -74,7 +76,6 @@ def load_payload(uri: str) -> dict:
 
 def build_student(payload: dict, kind: str | None = None):
     """Rebuild a Detector (f or w) from a payload, weights loaded, in eval mode."""
-    from tsd_ray.models.detector import Detector
 
     kind = kind or payload["kind"]
     if payload["kind"] not in ("f", "w"):
@@ -86,7 +87,6 @@ def build_student(payload: dict, kind: str | None = None):
 
 
 def build_encoder(payload: dict):
-    from tsd_ray.models.encoder import Cnn14Encoder
 
     if payload["kind"] != "encoder":
         raise CheckpointError(f"expected an encoder checkpoint, got kind '{payload['kind']}'")

@@ -9,7 +9,6 @@ old result at once.
 from __future__ import annotations
 
 import logging
-import os
 import zlib
 from dataclasses import dataclass
 
@@ -17,7 +16,9 @@ from tsd_ray.common import storage
 from tsd_ray.common.config import Config, TrainConfig
 from tsd_ray.common.ray_env import cluster_cpus, ensure_ray, keep_order, shuffle_seed
 from tsd_ray.data.shards import NUMERIC_KEYS, Manifest, read_samples
+from tsd_ray.models.checkpoint import load_payload
 from tsd_ray.train.phase import PhaseSpec
+from tsd_ray.train.worker import train_loop_per_worker
 
 log = logging.getLogger(__name__)
 
@@ -173,6 +174,35 @@ def data_config(datasets: dict, reproducible: bool, split: tuple[str, ...] = ("t
     return DataConfig(datasets_to_split=list(split), execution_options=options)
 
 
+def fit_trainer(loop, loop_config: dict, tc: TrainConfig, *, name: str, storage_path: str, datasets: dict,
+                split: tuple[str, ...] = ("train",), callbacks=None):
+    """The one place a ``TorchTrainer`` is built and run (phases and encoder pretraining).
+
+    DDP over ``tc.num_workers`` (gloo on CPU, nccl with ``tc.use_gpu``), the run folder
+    ``<storage_path>/<name>`` (resumed when it exists), Ray Data ingest of ``datasets`` (those in
+    ``split`` are split among the workers). Returns Ray's ``Result``; a failed run raises its
+    error, and a run without a checkpoint raises ``RuntimeError``.
+    """
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    ensure_ray()
+    trainer = TorchTrainer(
+        loop,
+        train_loop_config=loop_config,
+        torch_config=TorchConfig(backend="nccl" if tc.use_gpu else "gloo"),
+        scaling_config=scaling_config(tc),
+        run_config=run_config(name, storage_path, tc.max_failures, callbacks),
+        datasets=datasets,
+        dataset_config=data_config(datasets, tc.reproducible, split=split),
+    )
+    result = trainer.fit()
+    if result.error is not None:
+        raise result.error
+    if result.checkpoint is None:
+        raise RuntimeError(f"{name}: finished without a checkpoint")
+    return result
+
+
 def run_phase(
     cfg: Config,
     phase: PhaseSpec,
@@ -184,34 +214,18 @@ def run_phase(
     callbacks=None,
 ) -> PhaseResult:
     """Train one phase with Ray Train (DDP over ``cfg.train.num_workers``)."""
-    from ray.train.torch import TorchConfig, TorchTrainer
 
-    from tsd_ray.train.worker import train_loop_per_worker
-
-    ensure_ray()
     name = f"{run_name}-{phase.name}"
     marker = storage.join(storage.expand(storage_path), name, "_fault_injected") if cfg.train.fail_at_epoch >= 0 else None
     tc = cfg.train
+    ensure_ray()
     datasets = phase_datasets(manifest, phase, tc.seed, tc.cache_max_samples, tc.group_by_mixture, tc.reproducible)
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config=loop_config(cfg, phase, manifest, embeddings_uri, marker),
-        torch_config=TorchConfig(backend="nccl" if tc.use_gpu else "gloo"),
-        scaling_config=scaling_config(tc),
-        run_config=run_config(name, storage_path, tc.max_failures, callbacks),
-        datasets=datasets,
-        dataset_config=data_config(datasets, tc.reproducible),
-    )
-    result = trainer.fit()
-    if result.error is not None:
-        raise result.error
-    if result.checkpoint is None:
-        raise RuntimeError(f"phase {phase.name}: finished without a checkpoint")
+    result = fit_trainer(train_loop_per_worker, loop_config(cfg, phase, manifest, embeddings_uri, marker), tc,
+                         name=name, storage_path=storage_path, datasets=datasets, callbacks=callbacks)
     ck = checkpoint_uri(result.checkpoint)
     ret = getattr(result, "return_value", None) or {}
     model_uri = storage.join(ck, "model.pt")
     if not ret:  # a re-run of a finished run: read the numbers back from the model file
-        from tsd_ray.models.checkpoint import load_payload
 
         meta = load_payload(model_uri)["meta"]
         ret = {"best_val_score": meta["metrics"].get("val_score", float("nan")), "best_metrics": meta["metrics"], "history": []}
@@ -231,7 +245,3 @@ def encoder_file(storage_path: str, run_name: str) -> str:
 
 def embeddings_file(storage_path: str, run_name: str) -> str:
     return storage.join(storage.expand(storage_path), run_name, "encoder", "embeddings.parquet")
-
-
-def os_cpu_count() -> int:
-    return os.cpu_count() or 1

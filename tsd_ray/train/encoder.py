@@ -26,15 +26,23 @@ import torch.nn.functional as F
 
 from tsd_ray.common import storage
 from tsd_ray.common.config import Config, config_from_dict
-from tsd_ray.common.ray_env import shuffle_seed
+from tsd_ray.common.ray_env import cluster_gpus, ensure_ray, shuffle_seed
 from tsd_ray.data.shards import (
     Manifest,
     open_shard,
     read_mixture_items,
     read_mixture_table,
     read_references,
+    reference_ids,
 )
 from tsd_ray.models import checkpoint as ckpt
+from tsd_ray.models.encoder import Cnn14Encoder, freeze, load_panns_cnn14
+from tsd_ray.train.driver import (
+    block_order_seed,
+    cached_dataset,
+    checkpoint_uri,
+    fit_trainer,
+)
 from tsd_ray.train.encoder_items import (
     augment_items,
     event_items,
@@ -42,6 +50,7 @@ from tsd_ray.train.encoder_items import (
     reference_items,
     weak_items,
 )
+from tsd_ray.train.worker import lr_factor, steps_per_epoch
 
 
 def _augment_refs(mel: torch.Tensor, n_frames: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -61,8 +70,6 @@ def encoder_loop_per_worker(config: dict) -> dict:
     from ray.train import Checkpoint
     from ray.train.torch import get_device, prepare_model
 
-    from tsd_ray.models.encoder import Cnn14Encoder, load_panns_cnn14
-    from tsd_ray.train.worker import lr_factor, steps_per_epoch
 
     cfg = config_from_dict(config["cfg"])
     manifest = config["manifest"]
@@ -244,17 +251,7 @@ def _count_events(manifest: Manifest, split: str) -> int:
 
 def pretrain_encoder(cfg: Config, manifest: Manifest, *, storage_path: str, run_name: str) -> str:
     """Train the encoder as a Ray Train run; returns the URI of its model file."""
-    from ray.train.torch import TorchConfig, TorchTrainer
 
-    from tsd_ray.common.ray_env import ensure_ray
-    from tsd_ray.train.driver import (
-        block_order_seed,
-        cached_dataset,
-        checkpoint_uri,
-        data_config,
-        run_config,
-        scaling_config,
-    )
 
     ensure_ray()
     datasets, sizes = encoder_datasets(cfg, manifest)
@@ -268,18 +265,9 @@ def pretrain_encoder(cfg: Config, manifest: Manifest, *, storage_path: str, run_
                           order_seed=block_order_seed(tc.seed, "encoder", names[k]) if tc.reproducible else None)
         for k, ds in datasets.items()
     }
-    trainer = TorchTrainer(
-        encoder_loop_per_worker,
-        train_loop_config={"cfg": cfg.to_dict(), "manifest": manifest.data, **sizes},
-        torch_config=TorchConfig(backend="nccl" if tc.use_gpu else "gloo"),
-        scaling_config=scaling_config(tc),
-        run_config=run_config(f"{run_name}-encoder", storage_path, tc.max_failures),
-        datasets=datasets,
-        dataset_config=data_config(datasets, tc.reproducible, split=tuple(datasets)),
-    )
-    result = trainer.fit()
-    if result.error is not None:
-        raise result.error
+    result = fit_trainer(encoder_loop_per_worker, {"cfg": cfg.to_dict(), "manifest": manifest.data, **sizes}, tc,
+                         name=f"{run_name}-encoder", storage_path=storage_path, datasets=datasets,
+                         split=tuple(datasets))
     return storage.join(checkpoint_uri(result.checkpoint), "model.pt")
 
 
@@ -287,7 +275,6 @@ class _Embedder:
     """Ray Data actor: frozen encoder on the best device, one batch of references at a time."""
 
     def __init__(self, encoder_uri: str, class_index: dict):
-        from tsd_ray.models.encoder import freeze
 
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.model = freeze(ckpt.load_encoder(encoder_uri).to(self.device))
@@ -317,7 +304,6 @@ def embed_references(encoder_uri: str, manifest: Manifest, out_uri: str) -> str:
     import pyarrow.parquet as pq
     import ray
 
-    from tsd_ray.common.ray_env import cluster_gpus, ensure_ray
 
     ensure_ray()
     class_index = {c: i for i, c in enumerate(manifest.classes)}
@@ -331,7 +317,6 @@ def embed_references(encoder_uri: str, manifest: Manifest, out_uri: str) -> str:
         num_cpus=1,
     )
     rows = ds.take_all()
-    from tsd_ray.data.shards import reference_ids
 
     order = {r: i for i, r in enumerate(reference_ids(manifest))}
     rows.sort(key=lambda r: order[str(r["reference_id"])])

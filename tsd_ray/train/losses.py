@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from tsd_ray.models.discriminator import grad_reverse
 from tsd_ray.models.pooling import EPS as _EPS
 from tsd_ray.models.pooling import check_mask as _check_mask
 
@@ -173,7 +174,6 @@ def domain_logits(
     Returns:
         (U,) domain logits (> 0: target).
     """
-    from tsd_ray.models.discriminator import grad_reverse  # local: losses stay model-free
 
     return discriminator(grad_reverse(z, lambda_d), mask)
 

@@ -31,8 +31,15 @@ import torch.nn as nn
 from tsd_ray.common import storage
 from tsd_ray.common.config import Config, config_from_dict
 from tsd_ray.common.ray_env import shuffle_seed
+from tsd_ray.common.types import Event
 from tsd_ray.data.shards import NUMERIC_KEYS, packed_collate_fn
+from tsd_ray.metrics.scoring import PostProcessing, ScoredSample, score_samples, tune_postprocessing
 from tsd_ray.models import checkpoint as ckpt
+from tsd_ray.models.detector import Detector
+from tsd_ray.models.discriminator import Discriminator
+from tsd_ray.models.encoder import freeze
+from tsd_ray.train import augment, losses
+from tsd_ray.train.losses import KDProjector, domain_logits
 from tsd_ray.train.phase import PhaseSpec
 
 log = logging.getLogger(__name__)
@@ -109,7 +116,6 @@ class PhaseModel(nn.Module):
         ``domain_mask`` (U, T'): the valid frames of each ``mel`` row, so the discriminator
         ignores padding; default ``frame_mask`` when samples are not packed (then U == B).
         """
-        from tsd_ray.train.losses import domain_logits
 
         out = self.student(mel, embedding, frame_mask, groups)
         domain_logit = None
@@ -154,7 +160,6 @@ def _autocast(ctx: Context):
 def _load_teacher(uri: str | None, kind: str, device) -> nn.Module | None:
     if not uri:
         return None
-    from tsd_ray.models.encoder import freeze
 
     model = ckpt.load_student(uri, kind).to(device)
     return freeze(model)  # eval mode + no grad: dropout off, BN statistics fixed
@@ -165,9 +170,6 @@ def setup(config: dict) -> Context:
     import ray.train
     from ray.train.torch import get_device, prepare_model
 
-    from tsd_ray.models.detector import Detector
-    from tsd_ray.models.discriminator import Discriminator
-    from tsd_ray.train.losses import KDProjector
 
     cfg = config_from_dict(config["cfg"])
     phase = PhaseSpec(**config["phase"])
@@ -263,7 +265,6 @@ def compute_losses(ctx: Context, batch: dict[str, torch.Tensor]) -> tuple[torch.
     discriminator sees every row through gradient reversal, so it learns to tell the domains
     apart while the feature extractor learns to confuse it (eq. 9).
     """
-    from tsd_ray.train import augment, losses
 
     phase = ctx.phase
     mel = batch["mel"].float()  # (U, T, F): one row per mixture when packed, else per sample
@@ -446,8 +447,6 @@ def predict_batches(student: nn.Module, refs: ReferenceTable, batches, device, a
 
 
 def scored_samples(pairs):
-    from tsd_ray.common.types import Event
-    from tsd_ray.metrics.scoring import ScoredSample
 
     out = []
     for b, probs in pairs:
@@ -534,7 +533,6 @@ def validation_scores(samples: list, classes: list[str], frame_hop_s: float, ev)
     ``selection_metric`` (the predictions are made once and post-processed at each point).
     ``val_score`` is what selects the best epoch, stops a phase early and chooses students.
     """
-    from tsd_ray.metrics.scoring import PostProcessing, score_samples, tune_postprocessing
 
     kw = {"classes": classes, "frame_hop_s": frame_hop_s, "segment_s": ev.segment_s,
           "t_collar_s": ev.t_collar_s, "percentage_of_length": ev.percentage_of_length}
