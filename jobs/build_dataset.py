@@ -24,7 +24,6 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     cfg = config_from_args(args)
 
-
     try:
         spec = load_spec(args.spec)
         corpus = read_corpus(spec)

@@ -41,7 +41,6 @@ def _export(argv: list[str]) -> int:
     p.add_argument("--out", required=True, help="detector file to write (path or URI)")
     args = p.parse_args(argv)
 
-
     try:
         if args.run:
             out = export_from_run(args.run, args.out, recipe=args.recipe)
@@ -58,7 +57,6 @@ def _export(argv: list[str]) -> int:
 
 
 def _write(path: str | None, text: str) -> None:
-
     if path in (None, "-"):
         sys.stdout.write(text)
     else:
@@ -86,7 +84,6 @@ def _detect(argv: list[str]) -> int:
     p.add_argument("--failures", help="folder mode: failures TSV (default: failures.tsv beside --out)")
     p.add_argument("--serial", action="store_true", help="folder mode without Ray (one process)")
     args = p.parse_args(argv)
-
 
     label = args.label or detect.DEFAULT_LABEL
     try:

@@ -66,7 +66,6 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     cfg = config_from_args(args)
 
-
     model = args.checkpoint
     if not model.endswith(".pt"):
         model = storage.join(model, "model.pt")

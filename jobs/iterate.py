@@ -27,7 +27,6 @@ def main(argv: list[str] | None = None) -> int:
     extra = [f"run.name={args.run_name}"] if args.run_name else []
     cfg = config_from_args(args, extra)
 
-
     try:
         run_all(cfg, storage_override=args.storage, ablations=args.ablations,
                 iteration_table=args.iterations_table, new_run=args.new_run)

@@ -22,7 +22,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", action="append", help="only ledger steps whose name starts with this (repeatable)")
     args = p.parse_args(argv)
 
-
     run_dir = args.run_dir[: -len("/ledger.json")] if args.run_dir.endswith("/ledger.json") else args.run_dir
     out = args.out or storage.join(run_dir, "training_curves.png")
     try:

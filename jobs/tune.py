@@ -33,7 +33,6 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     setup_logging()
 
-
     try:
         space, base, _ = validate(args.space, args.config, args.overrides)
     except ConfigError as exc:

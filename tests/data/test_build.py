@@ -13,9 +13,9 @@ import soundfile as sf
 from tsd_ray.common import storage
 from tsd_ray.common.config import BuildConfig, FrontendConfig, SamplesConfig
 from tsd_ray.common.types import SPLIT_DOMAIN, Corpus, Event, MixtureRecord, ReferenceRecord
+from tsd_ray.data import shards as data
 from tsd_ray.data.build import BuildError, build_features
 from tsd_ray.data.features import LogMel, n_input_frames
-from tsd_ray.data import shards as data
 
 SR = 16000
 FRONT = FrontendConfig(clip_seconds=10.0, reference_seconds=2.0, device="cpu")

@@ -6,8 +6,8 @@ import types
 import pytest
 
 from tsd_ray.common.config import load_config
-from tsd_ray.experiments.pipeline import ABLATIONS, Run, run_ms
 from tsd_ray.experiments import pipeline
+from tsd_ray.experiments.pipeline import ABLATIONS, Run, run_ms
 
 
 @pytest.fixture

@@ -13,8 +13,8 @@ from tsd_ray.models import Detector, Discriminator, freeze, grad_reverse
 from tsd_ray.models.pooling import linsoft_pool
 from tsd_ray.train.losses import (
     KDProjector,
-    adversarial_loss,
     clip_bce,
+    domain_logits,
     domain_loss,
     frame_bce,
     pseudo_labels,
@@ -198,7 +198,7 @@ def test_grl_sign_discriminator_plus_extractor_minus_lambda():
     assert all(not n.startswith(("gru.", "fc")) for n in det_plain)
 
 
-def test_adversarial_loss_helper_and_discriminator_step_lowers_ld():
+def test_domain_logits_and_domain_loss_as_the_loop_uses_them_train_the_discriminator():
     det, disc, mel, e, _, d = _adv_setup()
     opt = torch.optim.SGD(disc.parameters(), lr=0.5)
     with torch.no_grad():
@@ -206,7 +206,7 @@ def test_adversarial_loss_helper_and_discriminator_step_lowers_ld():
     before = domain_loss(disc(z), d).item()
     for _ in range(5):
         opt.zero_grad()
-        adversarial_loss(z.clone().requires_grad_(True), disc, d, 0.2).backward()
+        domain_loss(domain_logits(z.clone().requires_grad_(True), disc, 0.2), d).backward()
         opt.step()
     after = domain_loss(disc(z), d).item()
     assert after < before

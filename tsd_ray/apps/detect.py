@@ -9,7 +9,7 @@ Steps, for a recording of any length and sample rate:
 
 1. **Reference**: each reference clip is decoded, padded/cropped to
    ``frontend.reference_seconds`` (as the feature build does), embedded by the encoder and
-   normalised (:func:`tsd_ray.train.encoder.normalise_embedding`); several clips of one class
+   normalised (:func:`tsd_ray.models.encoder.normalise_embedding`); several clips of one class
    are averaged and normalised again.
 2. **Features**: the whole recording is resampled and turned into a log-mel ``(T, F)`` by the
    front end the model was trained with (:class:`tsd_ray.data.features.LogMel`), rounded through
@@ -50,21 +50,18 @@ import torch
 
 from tsd_ray.common import storage
 from tsd_ray.common.config import EvalConfig, FrontendConfig, from_dict
-from tsd_ray.common.ray_env import cluster_cpus, cluster_gpus, ensure_ray
+from tsd_ray.common.ray_env import cluster_cpus, cluster_gpus, ensure_ray, map_with_actors
 from tsd_ray.common.types import Event
-from tsd_ray.data.audio import load_audio
-from tsd_ray.data.build import SILENCE_RMS  # reference clips quieter than this are refused
+from tsd_ray.data.audio import AUDIO_EXTENSIONS, SILENCE_RMS, load_audio
 from tsd_ray.data.features import TIME_POOL, LogMel, n_input_frames, output_hop_seconds, pick_device
 from tsd_ray.experiments.final_model import Outcome, final_model
 from tsd_ray.metrics.scoring import PostProcessing, postprocess
 from tsd_ray.models import checkpoint as ckpt
-from tsd_ray.models.encoder import freeze
-from tsd_ray.train.encoder import normalise_embedding
+from tsd_ray.models.encoder import freeze, normalise_embedding
 
 log = logging.getLogger(__name__)
 
 #: Audio files picked up when a folder is given.
-AUDIO_EXTENSIONS: tuple[str, ...] = (".wav", ".flac", ".ogg", ".aiff", ".aif", ".mp3")
 EVENTS_HEADER = ("filename", "onset", "offset", "event_label")
 DEFAULT_LABEL = "target"
 
@@ -600,19 +597,11 @@ def detect_many(
     if use_ray:
         import ray
 
-
         ensure_ray()
         gpus = cluster_gpus()
         n = num_actors or (int(gpus) if gpus >= 1 else max(1, int(cluster_cpus()) - 1))
-        ds = ray.data.from_items(rows).map_batches(
-            DetectActor,
-            fn_constructor_kwargs=kwargs,
-            batch_size=batch_size,
-            batch_format="numpy",
-            compute=ray.data.ActorPoolStrategy(size=n),
-            num_gpus=1 if gpus >= 1 else 0,
-            num_cpus=1,
-        )
+        ds = map_with_actors(ray.data.from_items(rows), DetectActor, kwargs=kwargs, size=n,
+                             batch_size=batch_size, num_gpus=1 if gpus >= 1 else 0)
         for b in ds.iter_batches(batch_size=None, batch_format="numpy"):
             take(b)
         settings = {"engine": "ray", "actors": n, "gpus_per_actor": 1 if gpus >= 1 else 0}

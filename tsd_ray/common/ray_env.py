@@ -95,3 +95,21 @@ def cluster_gpus() -> float:
     import ray
 
     return float(ray.cluster_resources().get("GPU", 0.0))
+
+
+def map_with_actors(ds, actor, *, kwargs: dict, size: int, batch_size: int | None,
+                    num_gpus: float = 0, batch_format: str = "numpy"):
+    """``ds.map_batches`` over a pool of ``size`` actors of the class ``actor`` (each built once
+    with ``kwargs``, holding 1 CPU and ``num_gpus``): how tsd_ray runs a model or a writer over
+    a Ray Dataset (feature build, reference embedding, prediction, detection)."""
+    import ray
+
+    return ds.map_batches(
+        actor,
+        fn_constructor_kwargs=kwargs,
+        batch_size=batch_size,
+        batch_format=batch_format,
+        compute=ray.data.ActorPoolStrategy(size=size),
+        num_gpus=num_gpus,
+        num_cpus=1,
+    )

@@ -16,6 +16,8 @@ SPLITS: tuple[str, ...] = (
     "target_val",
     "target_test",
 )
+#: The reference pool: its key in a dataset spec and its "split" in the feature shards.
+REFERENCES = "references"
 #: Which domain each split belongs to.
 SPLIT_DOMAIN: dict[str, Domain] = {
     "source_train": "source",

@@ -9,6 +9,12 @@ import soundfile as sf
 
 from tsd_ray.common import storage
 
+#: Extensions of the audio files tsd_ray reads (what soundfile/libsndfile decodes).
+AUDIO_EXTENSIONS: tuple[str, ...] = (".wav", ".flac", ".ogg", ".aiff", ".aif", ".mp3")
+
+#: A clip whose RMS is below this (full scale 1.0) is silent: refused as a reference.
+SILENCE_RMS = 1e-5
+
 
 class AudioError(ValueError):
     """An audio file cannot be used; the message names the file and the fix."""

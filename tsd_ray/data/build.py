@@ -34,9 +34,9 @@ import pyarrow.parquet as pq
 
 from tsd_ray.common import storage
 from tsd_ray.common.config import BuildConfig, FrontendConfig, SamplesConfig, to_dict
-from tsd_ray.common.ray_env import cluster_cpus, cluster_gpus, ensure_ray
-from tsd_ray.common.types import SPLITS, Corpus, Event, MixtureRecord, Quarantined
-from tsd_ray.data.audio import AudioError, load_audio
+from tsd_ray.common.ray_env import cluster_cpus, cluster_gpus, ensure_ray, map_with_actors
+from tsd_ray.common.types import REFERENCES, SPLITS, Corpus, Event, MixtureRecord, Quarantined
+from tsd_ray.data.audio import SILENCE_RMS, AudioError, load_audio
 from tsd_ray.data.features import (
     LogMel,
     n_input_frames,
@@ -49,12 +49,9 @@ from tsd_ray.data.samples import build_samples, clip_label_after_crop, summarize
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
-REFERENCES = "references"
 #: Events may end this far past the audio's end (rounding in label tools) before the item is
 #: rejected as "label outside the clip".
 LABEL_TOLERANCE_S = 0.05
-#: A reference whose RMS is below this is silent and cannot describe a target.
-SILENCE_RMS = 1e-5
 
 
 class BuildError(RuntimeError):
@@ -438,7 +435,6 @@ def _unusable_references(out: str, corpus: Corpus, ref_shards: Sequence[ShardPla
 def _run_on_ray_data(out: str, pending: list[ShardPlan], frontend: FrontendConfig, build_cfg: BuildConfig) -> None:
     import ray
 
-
     ensure_ray()
     use_gpu = frontend.device != "cpu" and cluster_gpus() > 0
     n = build_cfg.num_workers or max(1, int(cluster_cpus()))
@@ -447,14 +443,8 @@ def _run_on_ray_data(out: str, pending: list[ShardPlan], frontend: FrontendConfi
         {"split": p.split, "index": p.index, "items": json.dumps(list(p.items))} for p in pending
     ]
     ds = ray.data.from_items(items, override_num_blocks=len(items))
-    ds = ds.map_batches(
-        _ShardWriter,
-        fn_constructor_kwargs={"out": out, "frontend": to_dict(frontend)},
-        batch_size=1,
-        compute=ray.data.ActorPoolStrategy(size=n),
-        num_cpus=1,
-        num_gpus=(cluster_gpus() / n) if use_gpu else 0,
-    )
+    ds = map_with_actors(ds, _ShardWriter, kwargs={"out": out, "frontend": to_dict(frontend)}, size=n,
+                         batch_size=1, num_gpus=(cluster_gpus() / n) if use_gpu else 0, batch_format="default")
     for _ in ds.iter_batches(batch_size=None):  # stream; records are also on storage
         pass
 

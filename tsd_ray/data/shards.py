@@ -409,7 +409,6 @@ def read_samples(
     """
     import ray
 
-
     quiet_data_context()
     manifest = features if isinstance(features, Manifest) else load_manifest(features)
     files = manifest.files(split)
@@ -432,7 +431,6 @@ def read_mixture_items(features: str | Manifest, splits: Sequence[str], make_ite
     """
     import ray
 
-
     quiet_data_context()
     manifest = features if isinstance(features, Manifest) else load_manifest(features)
     files = [f for split in splits for f in manifest.files(split)]
@@ -446,7 +444,6 @@ def read_mixture_items(features: str | Manifest, splits: Sequence[str], make_ite
 def read_references(features: str | Manifest):
     """Ray Dataset of reference clips: reference_id, label, mel (B, T_ref, F), n_frames."""
     import ray
-
 
     quiet_data_context()
     manifest = features if isinstance(features, Manifest) else load_manifest(features)

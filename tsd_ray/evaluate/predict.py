@@ -6,10 +6,9 @@ import numpy as np
 import torch
 
 from tsd_ray.common.config import EvalConfig
-from tsd_ray.common.ray_env import cluster_gpus, ensure_ray
-from tsd_ray.common.types import Event
+from tsd_ray.common.ray_env import cluster_gpus, ensure_ray, map_with_actors
 from tsd_ray.data.shards import Manifest, read_samples
-from tsd_ray.metrics.scoring import ScoredSample, score_samples, tune_postprocessing
+from tsd_ray.metrics.scoring import score_samples, scored_samples_from_batch, tune_postprocessing
 from tsd_ray.models import checkpoint as ckpt
 from tsd_ray.train.worker import load_reference_table, predict_batches
 
@@ -18,13 +17,11 @@ class _Predictor:
     """Ray Data actor: a frozen student + reference table on the best device."""
 
     def __init__(self, model_uri: str, embeddings_uri: str, n_classes: int):
-
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.model = ckpt.load_student(model_uri).to(self.device).eval()
         self.refs = load_reference_table(embeddings_uri, n_classes).to(self.device)
 
     def __call__(self, b: dict) -> dict:
-
         (_, probs), = list(predict_batches(self.model, self.refs, [b], self.device))
         keep = ("sample_id", "target", "n_valid", "event_onsets", "event_offsets")
         out = {k: b[k] for k in keep}
@@ -34,32 +31,14 @@ class _Predictor:
 
 def predict_split(model_uri: str, manifest: Manifest, embeddings_uri: str, split: str, *, batch_size: int = 64):
     """ScoredSamples of ``split`` for a student model file (Ray Data actor pool, GPU if any)."""
-    import ray
-
 
     ensure_ray()
-    ds = read_samples(manifest, split, with_ids=True).map_batches(
-        _Predictor,
-        fn_constructor_kwargs={"model_uri": model_uri, "embeddings_uri": embeddings_uri, "n_classes": len(manifest.classes)},
-        batch_size=batch_size,
-        batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(size=1),
-        num_gpus=1 if cluster_gpus() > 0 else 0,
-        num_cpus=1,
-    )
-    samples = []
-    for b in ds.iter_batches(batch_size=256, batch_format="numpy"):
-        for i in range(len(b["sample_id"])):
-            target = str(b["target"][i])
-            samples.append(
-                ScoredSample(
-                    sample_id=str(b["sample_id"][i]),
-                    target=target,
-                    probs=np.asarray(b["probs"][i], dtype=np.float32),
-                    events=tuple(Event(float(a), float(z), target) for a, z in zip(b["event_onsets"][i], b["event_offsets"][i])),
-                    n_valid=int(b["n_valid"][i]),
-                )
-            )
+    ds = map_with_actors(read_samples(manifest, split, with_ids=True), _Predictor,
+                         kwargs={"model_uri": model_uri, "embeddings_uri": embeddings_uri,
+                                 "n_classes": len(manifest.classes)},
+                         size=1, batch_size=batch_size, num_gpus=1 if cluster_gpus() > 0 else 0)
+    samples = [sample for b in ds.iter_batches(batch_size=256, batch_format="numpy")
+               for sample in scored_samples_from_batch(b, [np.asarray(p, dtype=np.float32) for p in b["probs"]])]
     samples.sort(key=lambda s: s.sample_id)
     return samples
 

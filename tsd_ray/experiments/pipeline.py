@@ -130,7 +130,6 @@ class Run:
 
     # -- encoder ---------------------------------------------------------------------------
     def prepare_encoder(self) -> str:
-
         enc = self.step("encoder", lambda: {"model_uri": pretrain_encoder(
             self.cfg, self.manifest, storage_path=self.root, run_name=self.cfg.run.name)})
 

@@ -491,7 +491,6 @@ def shared_encoder(cfg: Config, root: str, manifest) -> tuple[str, str, str]:
 
 
 def _reporting_run_class():
-
     class ReportingRun(Run):
         """A pipeline Run that calls ``on_phase(spec, entry)`` after every phase (done or skipped)."""
 
@@ -542,7 +541,6 @@ def trial_main(config: dict, setup: TrialSetup) -> None:
     """Tune function trainable (wrapped with ``tune.with_parameters(trial_main, setup=...)``)."""
     import ray
     from ray import tune as rtune
-
 
     quiet_data_context()
     trial_id = rtune.get_context().get_trial_id()
@@ -724,7 +722,6 @@ def run_search(
     from ray import tune as rtune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search.basic_variant import BasicVariantGenerator
-
 
     base = _absolute_paths(base)
     cfg = check_params(space, base)

@@ -109,6 +109,20 @@ class ScoredSample:
         return [e for e in self.events if e.label == self.target]
 
 
+def scored_samples_from_batch(batch: Mapping[str, Any], probs: np.ndarray) -> list[ScoredSample]:
+    """One :class:`ScoredSample` per row of a batch of evaluation samples: the batch's
+    ``sample_id``, ``target``, ``n_valid``, ``event_onsets`` / ``event_offsets`` (the target's
+    true events, in seconds) and the student's frame probabilities ``probs`` (B, T')."""
+    out = []
+    for i in range(len(batch["sample_id"])):
+        target = str(batch["target"][i])
+        events = tuple(Event(float(on), float(off), target)
+                       for on, off in zip(batch["event_onsets"][i], batch["event_offsets"][i]))
+        out.append(ScoredSample(sample_id=str(batch["sample_id"][i]), target=target, probs=probs[i],
+                                events=events, n_valid=int(batch["n_valid"][i])))
+    return out
+
+
 @dataclass(frozen=True)
 class PostProcessing:
     """Post-processing settings: probability threshold and median window in output frames."""

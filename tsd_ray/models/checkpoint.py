@@ -87,7 +87,6 @@ def build_student(payload: dict, kind: str | None = None):
 
 
 def build_encoder(payload: dict):
-
     if payload["kind"] != "encoder":
         raise CheckpointError(f"expected an encoder checkpoint, got kind '{payload['kind']}'")
     cfg = from_dict(EncoderConfig, payload["config"], "encoder")

@@ -34,6 +34,7 @@ __all__ = [
     "PannsCheckpointError",
     "freeze",
     "load_panns_cnn14",
+    "normalise_embedding",
 ]
 
 #: Key prefixes of a public PANNs Cnn14 checkpoint that this encoder deliberately does not use.
@@ -188,6 +189,11 @@ class Cnn14Encoder(nn.Module):
         embedding = self.fc_embedding(x)  # (B, E)
         logits = self.fc_classifier(embedding)  # (B, K)
         return EncoderOutput(embedding=embedding, logits=logits)
+
+
+def normalise_embedding(e: torch.Tensor) -> torch.Tensor:
+    """Unit L2 norm scaled by sqrt(E): every embedding has the same energy, O(1) entries."""
+    return F.normalize(e, dim=-1) * (e.shape[-1] ** 0.5)
 
 
 def freeze(module: nn.Module) -> nn.Module:

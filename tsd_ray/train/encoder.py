@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from tsd_ray.common import storage
 from tsd_ray.common.config import Config, config_from_dict
-from tsd_ray.common.ray_env import cluster_gpus, ensure_ray, shuffle_seed
+from tsd_ray.common.ray_env import cluster_gpus, ensure_ray, map_with_actors, shuffle_seed
 from tsd_ray.data.shards import (
     Manifest,
     open_shard,
@@ -36,7 +36,7 @@ from tsd_ray.data.shards import (
     reference_ids,
 )
 from tsd_ray.models import checkpoint as ckpt
-from tsd_ray.models.encoder import Cnn14Encoder, freeze, load_panns_cnn14
+from tsd_ray.models.encoder import Cnn14Encoder, freeze, load_panns_cnn14, normalise_embedding
 from tsd_ray.train.driver import (
     block_order_seed,
     cached_dataset,
@@ -69,7 +69,6 @@ def encoder_loop_per_worker(config: dict) -> dict:
     import ray.train
     from ray.train import Checkpoint
     from ray.train.torch import get_device, prepare_model
-
 
     cfg = config_from_dict(config["cfg"])
     manifest = config["manifest"]
@@ -252,7 +251,6 @@ def _count_events(manifest: Manifest, split: str) -> int:
 def pretrain_encoder(cfg: Config, manifest: Manifest, *, storage_path: str, run_name: str) -> str:
     """Train the encoder as a Ray Train run; returns the URI of its model file."""
 
-
     ensure_ray()
     datasets, sizes = encoder_datasets(cfg, manifest)
     # small sets are read once and kept in the object store: re-reading the reference pool
@@ -275,7 +273,6 @@ class _Embedder:
     """Ray Data actor: frozen encoder on the best device, one batch of references at a time."""
 
     def __init__(self, encoder_uri: str, class_index: dict):
-
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.model = freeze(ckpt.load_encoder(encoder_uri).to(self.device))
         self.class_index = class_index
@@ -293,29 +290,16 @@ class _Embedder:
         }
 
 
-def normalise_embedding(e: torch.Tensor) -> torch.Tensor:
-    """Unit L2 norm scaled by sqrt(E): every embedding has the same energy, O(1) entries."""
-    return F.normalize(e, dim=-1) * (e.shape[-1] ** 0.5)
-
-
 def embed_references(encoder_uri: str, manifest: Manifest, out_uri: str) -> str:
     """Embedding table (reference_id, label, class_idx, embedding) in reference-table order."""
     import pyarrow as pa
     import pyarrow.parquet as pq
-    import ray
-
 
     ensure_ray()
     class_index = {c: i for i, c in enumerate(manifest.classes)}
-    ds = read_references(manifest).map_batches(
-        _Embedder,
-        fn_constructor_kwargs={"encoder_uri": encoder_uri, "class_index": class_index},
-        batch_size=64,
-        batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(size=1),
-        num_gpus=1 if cluster_gpus() > 0 else 0,
-        num_cpus=1,
-    )
+    ds = map_with_actors(read_references(manifest), _Embedder,
+                         kwargs={"encoder_uri": encoder_uri, "class_index": class_index},
+                         size=1, batch_size=64, num_gpus=1 if cluster_gpus() > 0 else 0)
     rows = ds.take_all()
 
     order = {r: i for i, r in enumerate(reference_ids(manifest))}

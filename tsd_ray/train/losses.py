@@ -18,8 +18,8 @@ discriminator's parameters receive ``+dL_d/dtheta_D`` (they *minimise* ``L_d``) 
 student's feature extractor receives ``dL_tsd/dtheta - lambda_d * dL_d/dtheta``: it minimises
 ``L_tsd - lambda_d * L_d`` (eq. 9), i.e. it *maximises* the discriminator's error. This is the
 real min-max; the public reference code let the extractor minimise ``L_d`` too.
-:func:`domain_logits` packages the reversal and the discriminator (the training loop uses it),
-:func:`adversarial_loss` the three lines above.
+:func:`domain_logits` packages the reversal and the discriminator: the training loop calls it
+inside the student's (DDP-wrapped) forward and :func:`domain_loss` on the logits it returns.
 """
 
 from __future__ import annotations
@@ -36,7 +36,6 @@ from tsd_ray.models.pooling import check_mask as _check_mask
 
 __all__ = [
     "KDProjector",
-    "adversarial_loss",
     "clip_bce",
     "clip_bce_from_logits",
     "domain_logits",
@@ -161,7 +160,7 @@ def domain_logits(
     """``D(GRL_{lambda_d}(z))``: domain logits whose backward reverses into the student.
 
     The training loop (:class:`tsd_ray.train.worker.PhaseModel`) calls this inside the student's
-    forward and :func:`domain_loss` on the result; :func:`adversarial_loss` is the two in one.
+    forward and :func:`domain_loss` on the result.
 
     Args:
         z: (U, C, T', F') CNN features of the student, one row per mixture.
@@ -176,25 +175,6 @@ def domain_logits(
     """
 
     return discriminator(grad_reverse(z, lambda_d), mask)
-
-
-def adversarial_loss(
-    z: Tensor,
-    discriminator: nn.Module,
-    domain_labels: Tensor,
-    lambda_d: float,
-    mask: Tensor | None = None,
-) -> Tensor:
-    """``L_d(D(GRL_{lambda_d}(z)))``: add it to the student's task loss (see module docstring).
-
-    Args:
-        z: (B, C, T', F') CNN features of the student.
-        discriminator: maps z (and its frame mask) to (B,) domain logits.
-        domain_labels: (B,) 0 = source, 1 = target.
-        lambda_d: reversal scale (paper: 0.2).
-        mask: optional (B, T') bool of z's valid frames.
-    """
-    return domain_loss(domain_logits(z, discriminator, lambda_d, mask), domain_labels)
 
 
 def pseudo_labels(w_frame_probs: Tensor, clip_labels: Tensor) -> Tensor:

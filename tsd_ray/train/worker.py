@@ -31,9 +31,14 @@ import torch.nn as nn
 from tsd_ray.common import storage
 from tsd_ray.common.config import Config, config_from_dict
 from tsd_ray.common.ray_env import shuffle_seed
-from tsd_ray.common.types import Event
 from tsd_ray.data.shards import NUMERIC_KEYS, packed_collate_fn
-from tsd_ray.metrics.scoring import PostProcessing, ScoredSample, score_samples, tune_postprocessing
+from tsd_ray.metrics.scoring import (
+    PostProcessing,
+    ScoredSample,
+    score_samples,
+    scored_samples_from_batch,
+    tune_postprocessing,
+)
 from tsd_ray.models import checkpoint as ckpt
 from tsd_ray.models.detector import Detector
 from tsd_ray.models.discriminator import Discriminator
@@ -169,7 +174,6 @@ def setup(config: dict) -> Context:
     """Models, teachers, optimiser and reference table for this worker; resume if possible."""
     import ray.train
     from ray.train.torch import get_device, prepare_model
-
 
     cfg = config_from_dict(config["cfg"])
     phase = PhaseSpec(**config["phase"])
@@ -446,25 +450,9 @@ def predict_batches(student: nn.Module, refs: ReferenceTable, batches, device, a
         yield b, out.frame_probs.float().cpu().numpy()
 
 
-def scored_samples(pairs):
-
-    out = []
-    for b, probs in pairs:
-        for i in range(len(b["sample_id"])):
-            events = tuple(
-                Event(float(on), float(off), str(b["target"][i]))
-                for on, off in zip(b["event_onsets"][i], b["event_offsets"][i])
-            )
-            out.append(
-                ScoredSample(
-                    sample_id=str(b["sample_id"][i]),
-                    target=str(b["target"][i]),
-                    probs=probs[i],
-                    events=events,
-                    n_valid=int(b["n_valid"][i]),
-                )
-            )
-    return out
+def scored_samples(pairs) -> list[ScoredSample]:
+    """ScoredSamples of (batch, frame probs) pairs from :func:`predict_batches`."""
+    return [sample for b, probs in pairs for sample in scored_samples_from_batch(b, probs)]
 
 
 def owner_rank(sample_id: str, world: int) -> int:

@@ -31,10 +31,9 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+from tsd_ray.common.storage import is_uri
 from tsd_ray.common.types import Domain, Event, MixtureRecord, Quarantined, ReferenceRecord
-
-#: Audio file extensions the URBAN-SED reader pairs with annotation files.
-AUDIO_EXTENSIONS: tuple[str, ...] = (".wav", ".flac", ".ogg")
+from tsd_ray.data.audio import AUDIO_EXTENSIONS
 
 STRONG_HEADER: tuple[str, ...] = ("filename", "onset", "offset", "event_label")
 WEAK_HEADER: tuple[str, ...] = ("filename", "event_labels")
@@ -58,11 +57,6 @@ class CorpusError(ValueError):
 # --------------------------------------------------------------------------------------------
 # Paths
 # --------------------------------------------------------------------------------------------
-
-
-def is_uri(path: str | os.PathLike[str]) -> bool:
-    """True for ``scheme://...`` locations (s3://, gs://, ...), which are not checked here."""
-    return "://" in str(path)
 
 
 def join_path(folder: str | os.PathLike[str], name: str) -> str:

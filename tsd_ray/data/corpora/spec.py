@@ -40,12 +40,19 @@ from typing import Any
 
 import yaml
 
-from tsd_ray.common.types import SPLIT_DOMAIN, SPLITS, Corpus, MixtureRecord, Quarantined
+from tsd_ray.common.storage import is_uri
+from tsd_ray.common.types import (
+    REFERENCES,
+    SPLIT_DOMAIN,
+    SPLITS,
+    Corpus,
+    MixtureRecord,
+    Quarantined,
+)
 from tsd_ray.data.corpora.readers import (
     DEFAULT_AUDIOSET_TEMPLATE,
     CorpusError,
     derive_weak,
-    is_uri,
     read_audioset_strong,
     read_dcase_strong,
     read_dcase_weak,
@@ -61,7 +68,6 @@ TARGET_TRAIN_STRONG = "target_train_strong"
 #: Keys allowed under ``splits``, in reading order.
 SPLIT_ROLES: tuple[str, ...] = SPLITS + (TARGET_TRAIN_STRONG,)
 #: Role name of the reference pool (a top-level key, not under ``splits``).
-REFERENCES = "references"
 TOP_LEVEL_KEYS: tuple[str, ...] = (
     "name",
     "root",
