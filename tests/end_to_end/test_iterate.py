@@ -95,7 +95,7 @@ def test_ray_job_submit_to_a_local_head(tmp_path):
 
     env = _env(tmp_path)
     # Token authentication on, with a token of this test's own (never the user's ~/.ray one):
-    # the head requires it, the `ray job submit` CLI sends it (RAY_NOTES: needs RAY_AUTH_MODE).
+    # the head requires it, the `ray job submit` CLI sends it (docs/architecture.md, "Token authentication").
     env["RAY_AUTH_MODE"] = "token"
     env["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
     ray_bin = str(Path(sys.executable).parent / "ray")

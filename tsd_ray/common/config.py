@@ -53,7 +53,7 @@ class FrontendConfig:
 
 @dataclass(frozen=True)
 class SamplesConfig:
-    """How TSD samples are made from mixtures (DESIGN §2)."""
+    """How TSD samples are made from mixtures (docs/architecture.md, "TSD samples")."""
 
     output_hop_seconds: float = 0.04  # model output resolution (time pooled x2)
     negatives_per_positive: float = 0.5  # ceil(N * this) negatives per mixture
@@ -117,7 +117,7 @@ class DiscriminatorConfig:
 
 @dataclass(frozen=True)
 class MethodConfig:
-    """Two-student method switches (DESIGN §1, Tables 2-3)."""
+    """Two-student method switches (Tables 2-3; docs/architecture.md, "Baselines, ablations and the iteration study")."""
 
     kd: bool = True  # frame-level knowledge distillation (eq. 4-5)
     pseudo: bool = True  # pseudo-supervised f student (eq. 7)
@@ -178,7 +178,7 @@ class TrainConfig:
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
     gpus_per_worker: float = 1.0
-    reserve_cpus_for_data: float = 1.0  # kept free on the node for Ray Data (RAY_NOTES)
+    reserve_cpus_for_data: float = 1.0  # kept free on the node for Ray Data (docs/architecture.md, "Ray Data and Train on a small machine")
     batch_size: int = 32
     weight_decay: float = 0.0
     grad_clip: float = 5.0
@@ -213,7 +213,7 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """Post-processing and sed_eval settings (DESIGN §5)."""
+    """Post-processing and sed_eval settings (docs/architecture.md, "Evaluation and model selection")."""
 
     segment_s: float = 1.0
     t_collar_s: float = 0.2

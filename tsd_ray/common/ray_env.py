@@ -11,7 +11,7 @@ log = logging.getLogger(__name__)
 
 
 def quiet_data_context() -> None:
-    """No progress-bar floods in logs (RAY_NOTES: set in every process that builds datasets)."""
+    """No progress-bar floods in logs (set in every process that builds datasets; docs/architecture.md, "Quiet Ray logs")."""
     from ray.data import DataContext
 
     ctx = DataContext.get_current()
@@ -43,7 +43,7 @@ def keep_order(ds):
 def ensure_ray(num_cpus: int | None = None, *, include_dashboard: bool | None = None) -> None:
     """Join the cluster a job was submitted to (RAY_ADDRESS), or start a local Ray.
 
-    A local Ray binds its dashboard to 127.0.0.1 only. Environment tweaks from RAY_NOTES are
+    A local Ray binds its dashboard to 127.0.0.1 only. Environment tweaks (docs/architecture.md, "Ray settings applied at start-up") are
     applied before start-up: few Parquet footer actors, no doubled prints, a shorter poll of
     Ray Train's workers.
     """

@@ -1,4 +1,4 @@
-"""Typed records of the data contract (DESIGN §2). Times are in seconds."""
+"""Typed records of the data contract (docs/architecture.md, "Typed records and splits"). Times are in seconds."""
 
 from __future__ import annotations
 

@@ -286,7 +286,7 @@ def extract_shard(
 
 
 def table_to_parquet_bytes(table: pa.Table) -> bytes:
-    # No dictionary encoding: it slows float16 decode 2.5-3x (RAY_NOTES).
+    # No dictionary encoding: it slows float16 decode 2.5-3x (docs/architecture.md, "Parquet layout of float16 features").
     buf = io.BytesIO()
     pq.write_table(table, buf, use_dictionary=False, compression="snappy")
     return buf.getvalue()

@@ -1,4 +1,4 @@
-"""TSD samples from mixtures (paper §3, DESIGN §2).
+"""TSD samples from mixtures (paper §3; docs/architecture.md, "TSD samples").
 
 A mixture with N distinct target-domain classes yields N positive samples (target = that
 class, frame labels = its events) and ceil(N * negatives_per_positive) negative samples (a

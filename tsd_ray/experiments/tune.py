@@ -27,7 +27,7 @@ Tune after every finished phase (:class:`ScoreTracker` says what ``val_score`` i
 can stop weak trials after their first phases. ``training_iteration`` counts phases.
 
 Resources: a trial's driver takes no CPU (a small ``memory`` reservation only) so Ray Data
-and Ray Train keep the cores (RAY_NOTES: a 1-CPU trial driver starves them on a small
+and Ray Train keep the cores (docs/architecture.md, "Ray Tune trial resources": a 1-CPU trial driver starves them on a small
 machine); the Train workers of each phase come from the trial config's ``train`` section, and
 :func:`concurrency_cap` keeps concurrent trials within the cluster's CPUs/GPUs.
 

@@ -1,4 +1,4 @@
-"""Evaluation of target sound detection (DESIGN §5): post-processing and sed_eval scoring.
+"""Evaluation of target sound detection (docs/architecture.md, "Evaluation and model selection"): post-processing and sed_eval scoring.
 
 A TSD *sample* is a (mixture, target class) pair. The detector gives one probability per
 output frame (``frame_hop_s`` = 40 ms by default; frame ``i`` covers

@@ -1,4 +1,4 @@
-"""Detection network shared by the f and w students (DESIGN §1, paper §4).
+"""Detection network shared by the f and w students (paper §4; docs/architecture.md, "Detection network and the two students").
 
 ``mel`` (B, T, F) -> 5 conv blocks (conv3x3-BN-ReLU + average pooling; frequency pooled by
 ``freq_pool[i]`` in block ``i`` (never below one bin), time halved once at block

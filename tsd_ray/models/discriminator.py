@@ -1,4 +1,4 @@
-"""Domain discriminator and gradient reversal (paper eq. 8-9, DESIGN §1).
+"""Domain discriminator and gradient reversal (paper eq. 8-9; docs/architecture.md, "Discriminator and gradient reversal").
 
 The discriminator sees the student's CNN feature map ``z`` (before the reference embedding is
 joined) and predicts the domain: logit > 0 means "target". Trained with

@@ -1,4 +1,4 @@
-"""Conditional network: a PANNs Cnn14-style reference encoder (DESIGN §1).
+"""Conditional network: a PANNs Cnn14-style reference encoder (docs/architecture.md, "Reference encoder (conditional network)").
 
 Module names follow the public PANNs release (Kong et al. 2020, ``Cnn14_mAP=0.431.pth``) so its
 state dict loads by name: ``bn0``, ``conv_block1`` .. ``conv_block6`` (each ``conv1``, ``conv2``,

@@ -1,6 +1,6 @@
 """Frame masks and linear-softmax pooling (paper eq. 3): the w student's clip probability.
 
-Used by the detector (its clip output) and by the losses (the clip BCE of eq. 4 is the same
+Used by the detector (its clip output) and by the losses (eq. 3's clip BCE is taken on the same
 pooling in the log domain); it lives here, below both, so neither imports the other.
 """
 

@@ -44,7 +44,7 @@ def checkpoint_uri(checkpoint) -> str:
 
 
 def scaling_config(tc: TrainConfig):
-    """Workers sized so Ray Data keeps CPUs on a small machine (RAY_NOTES deadlock)."""
+    """Workers sized so Ray Data keeps CPUs on a small machine (docs/architecture.md, "Ray Data and Train on a small machine")."""
     from ray.train import ScalingConfig
 
     if tc.use_gpu:

@@ -1,4 +1,4 @@
-"""Losses of the two-student method (DESIGN §1, paper eq. 2-9).
+"""Losses of the two-student method (paper eq. 2-9; docs/architecture.md, "Equations and where they are implemented").
 
 Shapes: ``B`` batch, ``T'`` output frames (40 ms each), ``H`` Bi-GRU width (2 x hidden).
 Every loss is computed in float32 whatever the autocast dtype of its inputs, so bf16/fp16

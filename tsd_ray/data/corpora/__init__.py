@@ -1,4 +1,4 @@
-"""Corpus readers and the dataset spec (DESIGN §2).
+"""Corpus readers and the dataset spec (docs/architecture.md, "Corpus layout and the dataset spec").
 
 Readers turn the label files of real corpora (DESED/DCASE TSVs, URBAN-SED, AudioSet strong,
 a reference pool) into typed records; :func:`load_spec` + :func:`read_corpus` read a whole

@@ -1,4 +1,4 @@
-"""Readers of real corpus label formats -> typed records (DESIGN §2).
+"""Readers of real corpus label formats -> typed records (docs/architecture.md, "Corpus layout and the dataset spec").
 
 Every reader returns ``(records, quarantined)``. A problem with one item (a NaN onset, an
 event whose offset is not after its onset, a row with the wrong number of columns, a missing

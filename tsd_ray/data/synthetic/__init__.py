@@ -1,4 +1,4 @@
-"""Deterministic synthetic corpus for target sound detection (DESIGN §2, docs/synthetic.md).
+"""Deterministic synthetic corpus for target sound detection (docs/synthetic.md; docs/architecture.md, "The synthetic corpus").
 
 ``make_corpus(out_dir, preset="tiny", seed=0, overlap_classes=False)`` writes mixtures,
 reference clips, DCASE label TSVs and a ``dataset.yaml`` spec, and returns the spec's path.
