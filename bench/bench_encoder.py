@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--train-on", nargs="+", default=["references", "all"], choices=["references", "all"])
     p.add_argument("--json", help="also write the results here")
     args = p.parse_args(argv)
-    setup_logging()
+    setup_logging(args.verbose)
     cfg = config_from_args(args, [f"data.spec={args.spec}"])
 
     from tsd_ray.common.ray_env import ensure_ray

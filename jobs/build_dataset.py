@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--serial", action="store_true", help="no Ray: extract in this process")
     add_config_args(p)
     args = p.parse_args(argv)
-    setup_logging()
+    setup_logging(args.verbose)
     cfg = config_from_args(args)
 
     try:

@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     val_split, problem = choose_val_split(args.split, args.val_split)
     if problem:  # before anything is loaded: no checkpoint or features needed to refuse
         sys.exit(f"error: {problem}")
-    setup_logging()
+    setup_logging(args.verbose)
     cfg = config_from_args(args)
 
     model = args.checkpoint

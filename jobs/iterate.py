@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ablations", action="store_true", help="also run Table 2 (KD / PS / AD switched off)")
     p.add_argument("--iterations-table", action="store_true", help="also score every iteration's students (Table 3)")
     args = p.parse_args(argv)
-    setup_logging()
+    setup_logging(args.verbose)
     extra = [f"run.name={args.run_name}"] if args.run_name else []
     cfg = config_from_args(args, extra)
 

@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--name", help="experiment name (default: tune-<space file stem>); same name = resume")
     p.add_argument("--check", action="store_true", help="only check the space against the config, then exit")
     args = p.parse_args(argv)
-    setup_logging()
+    setup_logging(args.verbose)
 
     try:
         space, base, _ = validate(args.space, args.config, args.overrides)

@@ -96,3 +96,19 @@ def test_paper_config_runs_algorithm_1_as_written():
     assert paper.method.kd and paper.method.pseudo and paper.method.adversarial
     default = Config().method
     assert default.source_replay is True and default.final_student == "best"
+
+
+def test_removed_keys_are_ignored_with_a_warning_that_says_what_to_use(caplog):
+    """run.seed, discriminator.hidden and encoder.patience were never read: a config (or an
+    older model file) that names them still loads, and the warning names the key."""
+    import logging
+
+    from tsd_ray.common.config import REMOVED_KEYS, load_config
+
+    with caplog.at_level(logging.WARNING, logger="tsd_ray.common.config"):
+        cfg = load_config("tiny", ["run.seed=3", "discriminator.hidden=8", "encoder.patience=2"])
+    assert cfg.train.seed == load_config("tiny").train.seed
+    for key in REMOVED_KEYS:
+        assert any(key in r.getMessage() and "train.seed" in REMOVED_KEYS["run.seed"] for r in caplog.records), key
+    with pytest.raises(ConfigError, match="unknown config key 'run.sede'"):
+        load_config("tiny", ["run.sede=3"])

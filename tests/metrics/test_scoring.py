@@ -14,7 +14,6 @@ from tsd_ray.common.types import Event
 from tsd_ray.metrics.scoring import (
     PostProcessing,
     ScoredSample,
-    events_to_frames,
     frames_to_events,
     median_filter,
     postprocess,
@@ -26,6 +25,17 @@ from tsd_ray.metrics.scoring import (
 
 HOP = 0.04
 T = 250  # 10 s at 40 ms
+
+
+def events_to_frames(events, *, n_frames, frame_hop_s, label=None):
+    """Frame activity (n_frames,) bool: frame i is active when its centre lies in an event
+    (of ``label``, if given): the inverse of frames_to_events for events on the frame grid."""
+    centres = (np.arange(n_frames) + 0.5) * frame_hop_s
+    active = np.zeros(n_frames, dtype=bool)
+    for e in events:
+        if label is None or e.label == label:
+            active |= (centres >= e.onset) & (centres < e.offset)
+    return active
 
 
 def probs_with(spans_s, n_frames=T, on=0.9, off=0.1):

@@ -7,6 +7,7 @@ import logging
 import sys
 
 from tsd_ray.common.config import Config, ConfigError, load_config
+from tsd_ray.common.progress import set_verbose
 
 
 def add_config_args(p: argparse.ArgumentParser, default: str | None = "tiny") -> None:
@@ -15,6 +16,8 @@ def add_config_args(p: argparse.ArgumentParser, default: str | None = "tiny") ->
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
         help="override a config key, e.g. --set method.lambda_d=0.1 (repeatable)",
     )
+    p.add_argument("--verbose", action="store_true",
+                   help="also show Ray's own log lines (reports, checkpoints, dataset notices)")
 
 
 def config_from_args(args: argparse.Namespace, extra: list[str] | None = None) -> Config:
@@ -25,8 +28,11 @@ def config_from_args(args: argparse.Namespace, extra: list[str] | None = None) -
 
 
 def setup_logging(verbose: bool = False) -> None:
+    """Warnings and errors on the console (progress lines are printed, not logged); with
+    ``verbose`` also INFO, and Ray's own chatter (:func:`tsd_ray.common.progress.set_verbose`)."""
+    set_verbose(verbose)
     logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
+        level=logging.INFO if verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )

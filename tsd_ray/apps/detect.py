@@ -36,7 +36,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import logging
 import math
 import os
 import posixpath
@@ -58,8 +57,6 @@ from tsd_ray.experiments.final_model import Outcome, final_model
 from tsd_ray.metrics.scoring import PostProcessing, postprocess
 from tsd_ray.models import checkpoint as ckpt
 from tsd_ray.models.encoder import freeze, normalise_embedding
-
-log = logging.getLogger(__name__)
 
 #: Audio files picked up when a folder is given.
 EVENTS_HEADER = ("filename", "onset", "offset", "event_label")

@@ -12,6 +12,7 @@ Shipped configs live in ``tsd_ray/configs/``; a config file may start with
 from __future__ import annotations
 
 import dataclasses
+import logging
 import types
 import typing
 from dataclasses import dataclass, field
@@ -21,6 +22,8 @@ from typing import Any, Literal
 import yaml
 
 from tsd_ray.common.digest import digest
+
+log = logging.getLogger(__name__)
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
@@ -80,7 +83,6 @@ class EncoderConfig:
     epochs: int = 30
     lr: float = 1e-3
     batch_size: int = 32
-    patience: int = 5
     # The pretraining head over the embedding: "linear", or "cosine" (normalised softmax with a
     # learnt scale: classes are told apart by the embedding's direction, which is what the
     # detector and the leave-one-out check see).
@@ -112,7 +114,6 @@ class DetectorConfig:
 @dataclass(frozen=True)
 class DiscriminatorConfig:
     channels: tuple[int, int, int] = (64, 64, 64)
-    hidden: int = 64
 
 
 @dataclass(frozen=True)
@@ -246,7 +247,6 @@ class DataSection:
 class RunSection:
     name: str = "tsd"
     storage: str = "~/tsd_runs"
-    seed: int = 0
 
 
 @dataclass(frozen=True)
@@ -353,6 +353,26 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     raise ConfigError(f"{key}: unsupported annotation {tp!r}")  # pragma: no cover
 
 
+#: Keys that configs (and model files written before their removal) may still name; nothing
+#: read them, so they are dropped with a warning that says what to use instead.
+REMOVED_KEYS: dict[str, str] = {
+    "run.seed": "it was never read; the seed of a run is train.seed",
+    "discriminator.hidden": "it was never read; the discriminator's width is discriminator.channels",
+    "encoder.patience": "it was never read; encoder pretraining runs encoder.epochs epochs",
+}
+
+
+def _drop_removed_keys(data: dict, prefix: str) -> dict:
+    kept = {}
+    for name, value in data.items():
+        key = f"{prefix}.{name}" if prefix else name
+        if key in REMOVED_KEYS:
+            log.warning("config key '%s' was removed and is ignored: %s", key, REMOVED_KEYS[key])
+        else:
+            kept[name] = value
+    return kept
+
+
 def from_dict(cls: type, data: Any, prefix: str = "") -> Any:
     """Build dataclass ``cls`` from a mapping; unknown keys and bad types raise ConfigError."""
     where = prefix or "<config>"
@@ -362,6 +382,7 @@ def from_dict(cls: type, data: Any, prefix: str = "") -> Any:
         raise ConfigError(f"{where}: expected a mapping of keys, got {data!r}")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
+    data = _drop_removed_keys(data, prefix)
     unknown = sorted(set(data) - names)
     if unknown:
         bad = f"{prefix}.{unknown[0]}" if prefix else unknown[0]

@@ -4,19 +4,39 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 
 import numpy as np
 
+from tsd_ray.common.progress import verbose
+
 log = logging.getLogger(__name__)
+
+#: Ray Data's logging config with a warnings-only console (used unless --verbose).
+RAY_DATA_QUIET_LOGGING = Path(__file__).with_name("ray_data_logging.yaml")
+
+
+def ray_log_level() -> str:
+    """Level of Ray's own log lines on the console: INFO with ``--verbose``, else WARNING
+    (Ray Train's report and checkpoint notices, worker-group start-up messages)."""
+    return "INFO" if verbose() else "WARNING"
 
 
 def quiet_data_context() -> None:
-    """No progress-bar floods in logs (set in every process that builds datasets; docs/architecture.md, "Quiet Ray logs")."""
+    """No progress-bar floods in logs (set in every process that builds datasets;
+    docs/architecture.md, "Quiet Ray logs"); without ``--verbose`` also no per-dataset notices
+    of Ray Data on this process's console, nor its warning that the bars are off."""
     from ray.data import DataContext
+    from ray.util.debug import log_once
 
     ctx = DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
+    if not verbose():
+        log_once("ray_data_progress_manager_disabled")  # the warning is logged once per process
+        for handler in logging.getLogger("ray.data").handlers:
+            if type(handler).__name__ == "PlainRayHandler":  # the console, not ray-data.log
+                handler.setLevel(logging.WARNING)
 
 
 def shuffle_seed(seed: int, epoch: int, rank: int, stream: int = 0) -> int:
@@ -56,10 +76,16 @@ def ensure_ray(num_cpus: int | None = None, *, include_dashboard: bool | None = 
     # variable from the driver to the controller and workers at fit(), so it holds on a
     # cluster too; a value set in the environment wins.
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+    if not verbose():
+        # Ray Data processes (e.g. Ray Train's split coordinator) read this at start-up; it
+        # reaches every process of a Ray this call starts (on a cluster, set it in the job's
+        # runtime_env env_vars to get the same)
+        os.environ.setdefault("RAY_DATA_LOGGING_CONFIG", str(RAY_DATA_QUIET_LOGGING))
     if ray.is_initialized():
         quiet_data_context()
         return
-    kwargs: dict = {"log_to_driver": True, "configure_logging": True, "logging_level": logging.WARNING}
+    kwargs: dict = {"log_to_driver": True, "configure_logging": True, "logging_level": logging.WARNING,
+                    "logging_config": ray.LoggingConfig(log_level=ray_log_level())}
     if os.environ.get("RAY_ADDRESS"):
         ray.init(**kwargs)
     else:
@@ -113,3 +139,22 @@ def map_with_actors(ds, actor, *, kwargs: dict, size: int, batch_size: int | Non
         num_gpus=num_gpus,
         num_cpus=1,
     )
+
+
+def quiet_worker_process() -> None:
+    """Keep a training worker's or model actor's console to tsd_ray's own lines (unless
+    ``--verbose``); call it first thing in the process.
+
+    - Ray Train 2.60 logs "Reporting training result ..." through a logger named by its file
+      path, not ``ray.train``, so ``RunConfig.logging_config`` does not filter it.
+    - Batches from Ray Data are read-only numpy arrays; torch warns once per process that a
+      tensor made from one must not be written to. tsd_ray never writes into its inputs.
+    """
+    import warnings
+
+    warnings.filterwarnings("ignore", message="The given NumPy array is not writable", category=UserWarning)
+    if verbose():
+        return
+    from ray.train.v2._internal.execution import context as train_context
+
+    logging.getLogger(train_context.__file__).setLevel(logging.WARNING)

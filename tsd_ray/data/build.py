@@ -34,6 +34,7 @@ import pyarrow.parquet as pq
 
 from tsd_ray.common import storage
 from tsd_ray.common.config import BuildConfig, FrontendConfig, SamplesConfig, to_dict
+from tsd_ray.common.progress import say
 from tsd_ray.common.ray_env import cluster_cpus, cluster_gpus, ensure_ray, map_with_actors
 from tsd_ray.common.types import REFERENCES, SPLITS, Corpus, Event, MixtureRecord, Quarantined
 from tsd_ray.data.audio import SILENCE_RMS, AudioError, load_audio
@@ -382,14 +383,15 @@ def build_features(
         storage.join(out, "_shards", f"{s.name}.json") for s in shards
     } & set(storage.list_files(storage.join(out, "_shards"), ".json"))
     pending = [s for s in shards if record_path(out, s.name) not in done]
-    log.info("build %s: %d shards, %d to write", out, len(shards), len(pending))
+    say(f"build {out}: {len(shards)} shards, {len(pending)} to write")
     # References first: val/test samples may only get a fixed reference that passed the audio
     # check, so the mixtures are planned again once the references' quarantine is known.
     ref_pending = [s for s in pending if s.split == REFERENCES]
     _write_shards(out, ref_pending, frontend, build_cfg, use_ray)
     unusable = _unusable_references(out, corpus, [s for s in shards if s.split == REFERENCES])
     if unusable:
-        log.info("build %s: %d reference clip(s) left out; fixed references drawn without them", out, len(unusable))
+        log.warning("build %s: %d reference clip(s) left out (see quarantine.tsv); fixed references drawn "
+                    "without them", out, len(unusable))
         try:
             shards, summary = plan_build(corpus, samples_cfg, build_cfg, unusable)
         except ValueError as exc:

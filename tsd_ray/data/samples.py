@@ -39,15 +39,22 @@ class TsdSample:
 
 
 def frame_labels(events: Sequence[Event], *, n_frames: int, hop_s: Seconds) -> np.ndarray:
-    """Binary frame activity (n_frames,) uint8; frame i spans [i*hop_s, (i+1)*hop_s).
+    """Binary frame activity (n_frames,) uint8 of ``events`` (see :func:`frame_activity`)."""
+    return frame_activity([e.onset for e in events], [e.offset for e in events], n_frames=n_frames, hop_s=hop_s)
+
+
+def frame_activity(onsets: Sequence[float], offsets: Sequence[float], *, n_frames: int, hop_s: Seconds,
+                   dtype=np.uint8) -> np.ndarray:
+    """Frame activity (n_frames,) of events given by their onsets/offsets (s), 1 where active;
+    frame i spans [i*hop_s, (i+1)*hop_s). The training labels of a strong sample.
 
     A frame is active when it overlaps an event, so the first active frame is
     floor(onset/hop) and the last is ceil(offset/hop) - 1: within one frame of the labels.
     """
-    y = np.zeros(n_frames, dtype=np.uint8)
-    for ev in events:
-        start = max(0, int(math.floor(ev.onset / hop_s + 1e-9)))
-        stop = min(n_frames, int(math.ceil(ev.offset / hop_s - 1e-9)))
+    y = np.zeros(n_frames, dtype=dtype)
+    for on, off in zip(onsets, offsets):
+        start = max(0, int(math.floor(on / hop_s + 1e-9)))
+        stop = min(n_frames, int(math.ceil(off / hop_s - 1e-9)))
         if stop > start:
             y[start:stop] = 1
     return y

@@ -19,7 +19,6 @@ Sample batch keys and shapes (``B`` samples, ``T`` input frames, ``F`` mels, ``T
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -29,6 +28,7 @@ import pyarrow.parquet as pq
 
 from tsd_ray.common import storage
 from tsd_ray.common.ray_env import quiet_data_context
+from tsd_ray.data.samples import frame_activity
 
 NUMERIC_KEYS = (
     "mel",
@@ -192,12 +192,11 @@ def expand_batch(
             batch["sample_clip_labels"][i],
             batch["sample_reference_ids"][i],
         ):
-            y = np.zeros(n_out, dtype=np.float32)
             if strong:
-                for on, off in zip(onsets[labels == target], offsets[labels == target]):
-                    start = max(0, int(math.floor(on / hop_s + 1e-9)))
-                    stop = min(n_out, int(math.ceil(off / hop_s - 1e-9)))
-                    y[start:stop] = 1.0
+                y = frame_activity(onsets[labels == target], offsets[labels == target], n_frames=n_out,
+                                   hop_s=hop_s, dtype=np.float32)
+            else:
+                y = np.zeros(n_out, dtype=np.float32)
             out["mel"].append(batch["mel"][i])
             out["frame_labels"].append(y)
             out["has_strong"].append(strong)

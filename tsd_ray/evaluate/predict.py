@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from tsd_ray.common.config import EvalConfig
-from tsd_ray.common.ray_env import cluster_gpus, ensure_ray, map_with_actors
+from tsd_ray.common.ray_env import cluster_gpus, ensure_ray, map_with_actors, quiet_worker_process
 from tsd_ray.data.shards import Manifest, read_samples
 from tsd_ray.metrics.scoring import score_samples, scored_samples_from_batch, tune_postprocessing
 from tsd_ray.models import checkpoint as ckpt
@@ -17,6 +17,7 @@ class _Predictor:
     """Ray Data actor: a frozen student + reference table on the best device."""
 
     def __init__(self, model_uri: str, embeddings_uri: str, n_classes: int):
+        quiet_worker_process()
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.model = ckpt.load_student(model_uri).to(self.device).eval()
         self.refs = load_reference_table(embeddings_uri, n_classes).to(self.device)

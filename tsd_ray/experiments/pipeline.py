@@ -10,14 +10,14 @@ phase interrupted mid-way resumes from its last Ray Train checkpoint.
 from __future__ import annotations
 
 import dataclasses
-import logging
 import time
 from collections.abc import Callable
 from typing import Any
 
 from tsd_ray.common import environment, storage
-from tsd_ray.common.config import Config, MethodConfig, dump_config, to_dict
+from tsd_ray.common.config import Config, MethodConfig, to_dict
 from tsd_ray.common.digest import digest, without_neutral_keys
+from tsd_ray.common.progress import say
 from tsd_ray.common.ray_env import ensure_ray
 from tsd_ray.data.build import build_features
 from tsd_ray.data.corpora import load_spec, read_corpus
@@ -31,8 +31,6 @@ from tsd_ray.train.driver import embeddings_file, run_phase
 from tsd_ray.train.encoder import embed_references, embedding_quality, pretrain_encoder
 from tsd_ray.train.phase import PhaseSpec, make_phase, ss_phase, ws_phase
 
-log = logging.getLogger(__name__)
-
 #: Table 2 of the paper: each ablation switches one part of the method off.
 ABLATIONS: dict[str, dict[str, bool]] = {
     "no_KD": {"kd": False},
@@ -40,10 +38,6 @@ ABLATIONS: dict[str, dict[str, bool]] = {
     "no_AD": {"adversarial": False},
     "no_SR": {"source_replay": False},
 }
-
-
-def say(msg: str) -> None:
-    print(f"[tsd_ray {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -367,7 +361,3 @@ def _has_target_strong(run: Run) -> bool:
 
     t = read_mixture_table(run.manifest, "target_train", columns=["has_strong"])
     return bool(t.num_rows) and all(t.column("has_strong").to_pylist())
-
-
-def save_config(cfg: Config, path: str) -> None:
-    dump_config(cfg, path)

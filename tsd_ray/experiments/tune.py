@@ -66,11 +66,12 @@ from tsd_ray.common.config import (
     to_dict,
 )
 from tsd_ray.common.digest import digest, without_neutral_keys
+from tsd_ray.common.progress import say
 from tsd_ray.common.ray_env import cluster_cpus, cluster_gpus, ensure_ray, quiet_data_context
 from tsd_ray.data.shards import load_manifest
 from tsd_ray.experiments.final_model import Outcome, final_model
 from tsd_ray.experiments.ledger import Ledger
-from tsd_ray.experiments.pipeline import Run, prepare_features, run_ms, say
+from tsd_ray.experiments.pipeline import Run, prepare_features, run_ms
 from tsd_ray.train.driver import embeddings_file
 from tsd_ray.train.encoder import embed_references, pretrain_encoder
 

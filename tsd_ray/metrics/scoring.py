@@ -245,24 +245,6 @@ def frames_to_events(active: np.ndarray, *, frame_hop_s: Seconds, label: str) ->
     ]
 
 
-def events_to_frames(
-    events: Iterable[Event], *, n_frames: int, frame_hop_s: Seconds, label: str | None = None
-) -> np.ndarray:
-    """Frame activity ``(n_frames,)`` bool: frame ``i`` is active when its centre
-    ``(i + 0.5) * hop`` lies in ``[onset, offset)`` of an event (of ``label``, if given).
-
-    The inverse of :func:`frames_to_events` for events on the frame grid.
-    """
-    if frame_hop_s <= 0:
-        raise ValueError(f"frame_hop_s must be > 0, got {frame_hop_s}")
-    centres = (np.arange(n_frames) + 0.5) * frame_hop_s  # (T,)
-    active = np.zeros(n_frames, dtype=bool)
-    for e in events:
-        if label is None or e.label == label:
-            active |= (centres >= e.onset) & (centres < e.offset)
-    return active
-
-
 def postprocess(
     probs: np.ndarray,
     pp: PostProcessing,
@@ -316,7 +298,9 @@ SedEvalFile = tuple[str, list[dict[str, Any]], list[dict[str, Any]], Seconds]
 def _new_metrics(
     labels: list[str], segment_s: Seconds, t_collar_s: Seconds, percentage_of_length: float
 ) -> tuple[Any, Any]:
-    import sed_eval  # imported here: keeps `import tsd_ray.metrics.scoring` light
+    with warnings.catch_warnings():  # dcase_util (under sed_eval) imports the deprecated pkg_resources
+        warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
+        import sed_eval  # imported here: keeps `import tsd_ray.metrics.scoring` light
 
     seg = sed_eval.sound_event.SegmentBasedMetrics(
         event_label_list=list(labels), time_resolution=float(segment_s)

@@ -8,19 +8,16 @@ old result at once.
 
 from __future__ import annotations
 
-import logging
 import zlib
 from dataclasses import dataclass
 
 from tsd_ray.common import storage
 from tsd_ray.common.config import Config, TrainConfig
-from tsd_ray.common.ray_env import cluster_cpus, ensure_ray, keep_order, shuffle_seed
+from tsd_ray.common.ray_env import cluster_cpus, ensure_ray, keep_order, ray_log_level, shuffle_seed
 from tsd_ray.data.shards import NUMERIC_KEYS, Manifest, read_samples
 from tsd_ray.models.checkpoint import load_payload
 from tsd_ray.train.phase import PhaseSpec
 from tsd_ray.train.worker import train_loop_per_worker
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -56,6 +53,7 @@ def scaling_config(tc: TrainConfig):
 
 
 def run_config(name: str, storage_path: str, max_failures: int, callbacks=None):
+    import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig
 
     fs, path = storage.resolve(storage_path)
@@ -66,6 +64,7 @@ def run_config(name: str, storage_path: str, max_failures: int, callbacks=None):
         failure_config=FailureConfig(max_failures=max_failures),
         checkpoint_config=CheckpointConfig(num_to_keep=1),  # latest holds best model.pt too
         callbacks=callbacks,
+        logging_config=ray.LoggingConfig(log_level=ray_log_level()),  # quiet unless --verbose
     )
 
 
@@ -161,16 +160,22 @@ def data_config(datasets: dict, reproducible: bool, split: tuple[str, ...] = ("t
     """Ray Train's ingest: the ``split`` datasets' rows split across the workers (the others
     read whole by every worker); ``reproducible``: every dataset fed in order, so the split
     deals each worker the same blocks run after run (Ray's output splitter then ignores
-    locality and gives each block to the worker with fewest rows)."""
+    locality and gives each block to the worker with fewest rows).
+
+    The options are built here rather than by ``DataConfig.default_ingest_options()``, which
+    copies the deprecated ``exclude_resources`` and so warns on every phase (Ray 2.60); the
+    values are the same (nothing excluded)."""
+    from ray.data import ExecutionOptions
+    from ray.data.context import DataContext
     from ray.train import DataConfig
 
-    if not reproducible:
-        return DataConfig(datasets_to_split=list(split))
-    options = {}
-    for name in datasets:
-        opts = DataConfig.default_ingest_options()
-        opts.preserve_order = True
-        options[name] = opts
+    current = DataContext.get_current().execution_options
+    options = {
+        name: ExecutionOptions(resource_limits=current.resource_limits,
+                               preserve_order=True if reproducible else current.preserve_order,
+                               verbose_progress=current.verbose_progress)
+        for name in datasets
+    }
     return DataConfig(datasets_to_split=list(split), execution_options=options)
 
 

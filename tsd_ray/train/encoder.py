@@ -18,6 +18,7 @@ import io
 import math
 import os
 import tempfile
+import time
 from functools import partial
 
 import numpy as np
@@ -26,7 +27,14 @@ import torch.nn.functional as F
 
 from tsd_ray.common import storage
 from tsd_ray.common.config import Config, config_from_dict
-from tsd_ray.common.ray_env import cluster_gpus, ensure_ray, map_with_actors, shuffle_seed
+from tsd_ray.common.progress import epoch_line
+from tsd_ray.common.ray_env import (
+    cluster_gpus,
+    ensure_ray,
+    map_with_actors,
+    quiet_worker_process,
+    shuffle_seed,
+)
 from tsd_ray.data.shards import (
     Manifest,
     open_shard,
@@ -70,6 +78,7 @@ def encoder_loop_per_worker(config: dict) -> dict:
     from ray.train import Checkpoint
     from ray.train.torch import get_device, prepare_model
 
+    quiet_worker_process()
     cfg = config_from_dict(config["cfg"])
     manifest = config["manifest"]
     classes = manifest["classes"]
@@ -102,6 +111,7 @@ def encoder_loop_per_worker(config: dict) -> dict:
     floor = math.log(float(manifest["frontend"]["log_offset"]))
     spe = steps_per_epoch(int(config.get("n_train_items") or manifest["references"].get("mixtures", 0)),
                           world, ec.batch_size)
+    started = time.monotonic()
     for epoch in range(start, ec.epochs):
         model.train()
         step = 0
@@ -133,12 +143,14 @@ def encoder_loop_per_worker(config: dict) -> dict:
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            tot += float(loss) * len(y)
+            tot += float(loss.detach()) * len(y)
             correct += float(hit.sum())
             n += len(y)
         metrics = {"epoch": epoch, "loss": tot / max(n, 1), "train_acc": correct / max(n, 1)}
         if rank == 0:
-            print(f"[encoder] epoch {epoch + 1}/{ec.epochs} loss {metrics['loss']:.3f} acc {metrics['train_acc']:.2f}", flush=True)
+            per_epoch = (time.monotonic() - started) / (epoch - start + 1)
+            print(epoch_line("encoder", epoch, ec.epochs, per_epoch,
+                             f"loss {metrics['loss']:.3f} acc {metrics['train_acc']:.2f}"), flush=True)
             with tempfile.TemporaryDirectory() as d:
                 torch.save({"model": core.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch}, os.path.join(d, "state.pt"))
                 payload = ckpt.model_payload(
@@ -273,6 +285,7 @@ class _Embedder:
     """Ray Data actor: frozen encoder on the best device, one batch of references at a time."""
 
     def __init__(self, encoder_uri: str, class_index: dict):
+        quiet_worker_process()
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.model = freeze(ckpt.load_encoder(encoder_uri).to(self.device))
         self.class_index = class_index

@@ -14,7 +14,6 @@ one; ``model.pt`` inside it is what the next phase starts from.
 from __future__ import annotations
 
 import io
-import logging
 import math
 import os
 import tempfile
@@ -30,8 +29,9 @@ import torch.nn as nn
 
 from tsd_ray.common import storage
 from tsd_ray.common.config import Config, config_from_dict
-from tsd_ray.common.ray_env import shuffle_seed
-from tsd_ray.data.shards import NUMERIC_KEYS, packed_collate_fn
+from tsd_ray.common.progress import epoch_line, say
+from tsd_ray.common.ray_env import quiet_worker_process, shuffle_seed
+from tsd_ray.data.shards import packed_collate_fn
 from tsd_ray.metrics.scoring import (
     PostProcessing,
     ScoredSample,
@@ -46,11 +46,6 @@ from tsd_ray.models.encoder import freeze
 from tsd_ray.train import augment, losses
 from tsd_ray.train.losses import KDProjector, domain_logits
 from tsd_ray.train.phase import PhaseSpec
-
-log = logging.getLogger(__name__)
-
-TRAIN_KEYS = list(NUMERIC_KEYS)
-
 
 # --------------------------------------------------------------------------------------------
 # Reference embeddings on the worker
@@ -249,7 +244,7 @@ def _restore(ctx: Context, path: str, name: str | None = None) -> None:
     ctx.bad_epochs = int(st["bad_epochs"])
     ctx.history = list(st["history"])
     ctx.gen.set_state(st["gen"])
-    log.info("phase %s: resumed after epoch %d", ctx.phase.name, ctx.start_epoch - 1)
+    say(f"{ctx.phase.name}: resumed after epoch {ctx.start_epoch}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -624,6 +619,7 @@ def train_loop_per_worker(config: dict) -> dict:
     """Run one phase on this worker (see module docstring)."""
     import ray.train
 
+    quiet_worker_process()
     ctx = setup(config)
     phase = ctx.phase
     world_rank = ray.train.get_context().get_world_rank()
@@ -649,6 +645,7 @@ def train_loop_per_worker(config: dict) -> dict:
 
     n_train = int(splits[phase.train_split]["mixtures" if tc.group_by_mixture else "samples"])
     spe = steps_per_epoch(n_train, world_size, bs)
+    started = time.monotonic()
     for epoch in range(ctx.start_epoch, phase.epochs):
         _maybe_fail(ctx, epoch, config)
         train_it = train_shard.iter_torch_batches(
@@ -676,12 +673,11 @@ def train_loop_per_worker(config: dict) -> dict:
         }
         ctx.history.append({k: v for k, v in metrics.items() if isinstance(v, (int, float, str))})
         if world_rank == 0:
-            print(
-                f"[{phase.name}] epoch {epoch + 1}/{phase.epochs} loss {stats.get('loss', float('nan')):.4f} "
-                f"val event-F {val['val_event_f']:.1f} seg-F {val['val_segment_f']:.1f} "
-                f"(best {ctx.best_score:.1f}) {stats['samples_per_s']:.0f} samples/s",
-                flush=True,
-            )
+            per_epoch = (time.monotonic() - started) / (epoch - ctx.start_epoch + 1)
+            print(epoch_line(phase.name, epoch, phase.epochs, per_epoch,
+                             f"loss {stats.get('loss', float('nan')):.4f} val event-F {val['val_event_f']:.1f} "
+                             f"seg-F {val['val_segment_f']:.1f} (score {val['val_score']:.1f}, best "
+                             f"{ctx.best_score:.1f}) {stats['samples_per_s']:.0f} samples/s"), flush=True)
         stop = ctx.bad_epochs >= phase.patience
         report_epoch(ctx, epoch, metrics)
         if stop:

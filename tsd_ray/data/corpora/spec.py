@@ -652,7 +652,7 @@ def _carve(
         f"{CARVED_FROM} audio files (source_val_fraction {spec.source_val_fraction}, "
         f"source_val_seed {spec.source_val_seed}; whole files, file-disjoint): {shown}{more}"
     )
-    logger.info("splits.%s carved from %s: %s", CARVED_SPLIT, CARVED_FROM, ", ".join(carved))
+    logger.debug("splits.%s carved from %s: %s", CARVED_SPLIT, CARVED_FROM, ", ".join(carved))
     return train, val
 
 

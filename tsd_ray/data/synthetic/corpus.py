@@ -27,6 +27,7 @@ import numpy as np
 import soundfile as sf
 from scipy import signal as ssig
 
+from tsd_ray.common.progress import say
 from tsd_ray.common.types import SPLIT_DOMAIN, SPLITS
 from tsd_ray.data.synthetic.backgrounds import (
     reference_background,
@@ -635,7 +636,7 @@ def make_corpus(
     p = get_preset(preset)
     wanted = _identity(p.name, seed, bool(overlap_classes))
     if _check_out_dir(out, wanted):
-        log.info("synthetic corpus already complete in %s", out)
+        say(f"synthetic corpus already complete in {out}")
         return out / SPEC_NAME
     t0 = time.perf_counter()
     plan = plan_corpus(p, seed, bool(overlap_classes))
@@ -663,13 +664,9 @@ def make_corpus(
     done = {**wanted, "sample_rate": p.sample_rate, "counts": counts, "classes": len(plan.classes)}
     _atomic_text(out / MARKER, json.dumps(done, indent=2) + "\n")
     (out / IN_PROGRESS).unlink(missing_ok=True)
-    log.info(
-        "synthetic corpus %s (seed %d): %d files rendered in %.1f s -> %s",
-        p.name,
-        seed,
-        written,
-        time.perf_counter() - t0,
-        out,
+    say(
+        f"synthetic corpus {p.name} (seed {seed}): {written} files rendered in "
+        f"{time.perf_counter() - t0:.1f} s -> {out}"
     )
     return out / SPEC_NAME
 
