@@ -22,7 +22,8 @@ from tsd_ray.common.config import load_config
 from tsd_ray.models.detector import Detector
 from tsd_ray.models.discriminator import Discriminator
 from tsd_ray.train.phase import PhaseSpec
-from tsd_ray.train.worker import Context, PhaseModel, ReferenceTable, compute_losses, concat_batches
+from tsd_ray.train.validation import ReferenceTable
+from tsd_ray.train.worker import Context, PhaseModel, compute_losses, concat_batches
 
 
 def _batch(n_mix: int, per_mixture: float, t_in: int, n_mels: int, main: bool, g: torch.Generator) -> dict:

@@ -152,7 +152,8 @@ def bare_loop(args, manifest, emb_uri: str) -> dict:
     from tsd_ray.data.shards import NUMERIC_KEYS, iter_local
     from tsd_ray.models import checkpoint as ckpt
     from tsd_ray.models.detector import Detector
-    from tsd_ray.train.worker import Context, PhaseModel, load_reference_table, train_epoch
+    from tsd_ray.train.validation import load_reference_table
+    from tsd_ray.train.worker import Context, PhaseModel, train_epoch
 
     torch.set_num_threads(args.threads)
     cfg = config(args)

@@ -93,7 +93,7 @@ def model(tmp_path_factory, ray_local):
     from tsd_ray.train.driver import embeddings_file, run_phase
     from tsd_ray.train.encoder import embed_references, pretrain_encoder
     from tsd_ray.train.phase import make_phase
-    from tsd_ray.train.worker import load_reference_table, predict_batches, scored_samples
+    from tsd_ray.train.validation import load_reference_table, predict_batches, scored_samples
 
     root = tmp_path_factory.mktemp("detect")
     # 32 reference clips, batch 8, 15 epochs, no dropout: with the default dropout 0.2 the

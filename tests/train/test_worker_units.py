@@ -6,7 +6,8 @@ from tsd_ray.common.config import DetectorConfig, DiscriminatorConfig
 from tsd_ray.models.detector import Detector
 from tsd_ray.models.discriminator import Discriminator
 from tsd_ray.train.losses import domain_loss
-from tsd_ray.train.worker import PhaseModel, ReferenceTable
+from tsd_ray.train.validation import ReferenceTable
+from tsd_ray.train.worker import PhaseModel
 
 DET = DetectorConfig(channels=(4, 4, 8, 8, 8), gru_hidden=8, fc_hidden=8, embedding_dim=6, dropout=0.0)
 
@@ -160,7 +161,7 @@ def _val_batches(n=23, size=5):
 
 
 def test_own_rows_gives_every_validation_sample_to_exactly_one_worker():
-    from tsd_ray.train.worker import own_rows
+    from tsd_ray.train.validation import own_rows
 
     everything = [str(x) for b in _val_batches() for x in b["sample_id"]]
     seen = []
@@ -182,7 +183,8 @@ def _gather_worker(rank, world, init_file, out_dir):
 
     import torch.distributed as dist
 
-    from tsd_ray.train.worker import _broadcast_scores, gather_samples
+    from tsd_ray.train.validation import broadcast_scores as _broadcast_scores
+    from tsd_ray.train.validation import gather_samples
 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
@@ -337,7 +339,7 @@ def test_tuned_selection_sees_a_detector_whose_probabilities_stay_below_one_half
     from tsd_ray.common.config import EvalConfig
     from tsd_ray.common.types import Event
     from tsd_ray.metrics.scoring import ScoredSample
-    from tsd_ray.train.worker import validation_scores
+    from tsd_ray.train.validation import validation_scores
 
     rng = np.random.default_rng(0)
     samples = []

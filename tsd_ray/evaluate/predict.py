@@ -10,7 +10,7 @@ from tsd_ray.common.ray_env import cluster_gpus, ensure_ray, map_with_actors, qu
 from tsd_ray.data.shards import Manifest, read_samples
 from tsd_ray.metrics.scoring import score_samples, scored_samples_from_batch, tune_postprocessing
 from tsd_ray.models import checkpoint as ckpt
-from tsd_ray.train.worker import load_reference_table, predict_batches
+from tsd_ray.train.validation import load_reference_table, predict_batches
 
 
 class _Predictor:

@@ -2,7 +2,7 @@
 
 ``train_loop_per_worker(config)`` is assembled from small helpers: :func:`setup` (models,
 teachers, optimisers, resume), :func:`train_epoch` (one pass over the streamed shard),
-:func:`validate` (scores on the validation split) and :func:`report_epoch` (metrics +
+:func:`validate` (scores on the validation split, :mod:`tsd_ray.train.validation`) and :func:`report_epoch` (metrics +
 checkpoint). ``config`` is a JSON-safe dict built by :func:`tsd_ray.train.driver.loop_config`.
 
 Checkpoints: every epoch reports a directory with ``state.pt`` (everything needed to resume:
@@ -18,12 +18,10 @@ import math
 import os
 import tempfile
 import time
-import zlib
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn as nn
 
@@ -32,13 +30,6 @@ from tsd_ray.common.config import Config, config_from_dict
 from tsd_ray.common.progress import epoch_line, say
 from tsd_ray.common.ray_env import quiet_worker_process, shuffle_seed
 from tsd_ray.data.shards import packed_collate_fn
-from tsd_ray.metrics.scoring import (
-    PostProcessing,
-    ScoredSample,
-    score_samples,
-    scored_samples_from_batch,
-    tune_postprocessing,
-)
 from tsd_ray.models import checkpoint as ckpt
 from tsd_ray.models.detector import Detector
 from tsd_ray.models.discriminator import Discriminator
@@ -46,49 +37,17 @@ from tsd_ray.models.encoder import freeze
 from tsd_ray.train import augment, losses
 from tsd_ray.train.losses import KDProjector, domain_logits
 from tsd_ray.train.phase import PhaseSpec
-
-# --------------------------------------------------------------------------------------------
-# Reference embeddings on the worker
-# --------------------------------------------------------------------------------------------
-
-
-class ReferenceTable:
-    """Embedding table (N_ref, E) with per-class index ranges for drawing references."""
-
-    def __init__(self, embeddings: torch.Tensor, ref_class: torch.Tensor, n_classes: int):
-        order = torch.argsort(ref_class, stable=True)
-        self.embeddings = embeddings  # (N, E) in table order (ref_idx indexes it)
-        self.sorted_rows = order  # rows grouped by class
-        counts = torch.bincount(ref_class, minlength=n_classes)
-        self.count = counts
-        self.start = torch.cumsum(counts, 0) - counts
-
-    def to(self, device) -> ReferenceTable:
-        for k in ("embeddings", "sorted_rows", "count", "start"):
-            setattr(self, k, getattr(self, k).to(device))
-        return self
-
-    def lookup(self, ref_idx: torch.Tensor, target_idx: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
-        """Embeddings (B, E): the fixed reference where ref_idx >= 0, else a random one of the
-        target's class (re-drawn every time: a new reference each epoch)."""
-        count = self.count[target_idx]
-        if bool((count == 0).any()):
-            raise ValueError("a target class has no reference embedding; rebuild the embedding table")
-        u = torch.rand(target_idx.shape, generator=gen, device="cpu").to(count.device)
-        drawn = self.sorted_rows[self.start[target_idx] + (u * count).long().clamp(max=count - 1)]
-        rows = torch.where(ref_idx >= 0, ref_idx, drawn)
-        return self.embeddings[rows]
-
-
-def load_reference_table(uri: str, n_classes: int) -> ReferenceTable:
-    import pyarrow.parquet as pq
-
-    fs, path = storage.resolve(uri)
-    t = pq.read_table(path, filesystem=fs)
-    emb = torch.from_numpy(np.stack(t.column("embedding").to_numpy(zero_copy_only=False)).astype(np.float32))
-    cls = torch.from_numpy(t.column("class_idx").to_numpy().astype(np.int64))  # a writable copy
-    return ReferenceTable(emb, cls, n_classes)
-
+from tsd_ray.train.validation import (
+    ReferenceTable,
+    broadcast_scores,
+    gather_samples,
+    load_reference_table,
+    own_rows,
+    predict_batches,
+    scored_samples,
+    valid_mask,
+    validation_scores,
+)
 
 # --------------------------------------------------------------------------------------------
 # Models of one phase
@@ -252,10 +211,6 @@ def _restore(ctx: Context, path: str, name: str | None = None) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def _valid_mask(n_valid: torch.Tensor, n_out: int) -> torch.Tensor:
-    return torch.arange(n_out, device=n_valid.device)[None, :] < n_valid[:, None]  # (B, T')
-
-
 def compute_losses(ctx: Context, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
     """Total loss of one batch and its parts (floats, for logging).
 
@@ -269,9 +224,9 @@ def compute_losses(ctx: Context, batch: dict[str, torch.Tensor]) -> tuple[torch.
     mel = batch["mel"].float()  # (U, T, F): one row per mixture when packed, else per sample
     n_out = batch["frame_labels"].shape[1]
     if "mix" in batch:  # packed: samples (B) index their mixture's row of mel
-        groups, mix_mask, mix_domain = batch["mix"], _valid_mask(batch["mix_n_valid"], n_out), batch["mix_domain"]
+        groups, mix_mask, mix_domain = batch["mix"], valid_mask(batch["mix_n_valid"], n_out), batch["mix_domain"]
     else:
-        groups, mix_mask, mix_domain = None, _valid_mask(batch["n_valid"], n_out), batch["domain"]
+        groups, mix_mask, mix_domain = None, valid_mask(batch["n_valid"], n_out), batch["domain"]
     mask = mix_mask if groups is None else mix_mask[groups]  # (B, T')
     aug = augment.augment_batch(
         {"mel": mel, "frame_labels": batch["frame_labels"], "frame_mask": mix_mask}, ctx.cfg.augment, ctx.gen,
@@ -427,126 +382,21 @@ def train_epoch(ctx: Context, train_it, aux_it_factory, epoch: int, spe: int) ->
 # --------------------------------------------------------------------------------------------
 
 
-@torch.no_grad()
-def predict_batches(student: nn.Module, refs: ReferenceTable, batches, device, autocast=nullcontext):
-    """Yield (numpy batch, frame probs (B, T')) for evaluation batches with ids."""
-    student.eval()
-    for b in batches:
-        mel = torch.as_tensor(np.asarray(b["mel"]), device=device).float()
-        n_valid = torch.as_tensor(np.asarray(b["n_valid"]), device=device)
-        mask = _valid_mask(n_valid, b["frame_labels"].shape[1])
-        emb = refs.lookup(
-            torch.as_tensor(np.asarray(b["ref_idx"]), device=device),
-            torch.as_tensor(np.asarray(b["target_idx"]), device=device),
-            None,
-        )
-        with autocast():
-            out = student(mel, emb, mask)
-        yield b, out.frame_probs.float().cpu().numpy()
-
-
-def scored_samples(pairs) -> list[ScoredSample]:
-    """ScoredSamples of (batch, frame probs) pairs from :func:`predict_batches`."""
-    return [sample for b, probs in pairs for sample in scored_samples_from_batch(b, probs)]
-
-
-def owner_rank(sample_id: str, world: int) -> int:
-    """The worker that validates a sample: a stable hash of its id, so every sample has exactly
-    one owner whatever order the rows arrive in on each worker."""
-    return zlib.crc32(sample_id.encode()) % world
-
-
-def own_rows(batches, rank: int, world: int):
-    """The rows of each numpy batch that ``rank`` of ``world`` validates (all with one worker)."""
-    for b in batches:
-        if world == 1:
-            yield b
-            continue
-        keep = np.nonzero([owner_rank(str(s), world) == rank for s in b["sample_id"]])[0]
-        if len(keep):
-            yield {k: np.asarray(v)[keep] for k, v in b.items()}
-
-
-_OBJECT_GROUP: list = []
-
-
-def _object_group():
-    """A gloo process group for Python objects: the default group when it is gloo; under NCCL
-    a gloo twin, so the gathered predictions never have to pass through a GPU."""
-    import torch.distributed as dist
-
-    if not _OBJECT_GROUP:
-        _OBJECT_GROUP.append(None if dist.get_backend() == "gloo" else dist.new_group(backend="gloo"))
-    return _OBJECT_GROUP[0]
-
-
-def gather_samples(samples: list, rank: int, world: int) -> list | None:
-    """Every worker's scored samples on rank 0 (None elsewhere); the list itself with one worker."""
-    if world == 1:
-        return samples
-    import torch.distributed as dist
-
-    parts = [None] * world if rank == 0 else None
-    dist.gather_object(samples, parts, dst=0, group=_object_group())
-    return [x for part in parts for x in part] if rank == 0 else None
-
-
 def validate(ctx: Context, val_batches, rank: int = 0, world: int = 1) -> dict[str, float]:
     """Scores on the whole validation split, the forward passes shared among the workers.
 
     Every worker reads the whole split but runs the student on its own rows only (see
-    :func:`owner_rank`); rank 0 gathers the predictions, scores them and sends the scores to
+    :func:`tsd_ray.train.validation.owner_rank`); rank 0 gathers the predictions, scores them and sends the scores to
     every worker, so all ranks take the same early-stopping and best-model decisions.
     """
     student = ctx.core.student
     pairs = predict_batches(student, ctx.refs, own_rows(val_batches, rank, world), ctx.device, lambda: _autocast(ctx))
     samples = gather_samples(scored_samples(pairs), rank, world)
     if samples is None:  # not rank 0: wait for its scores
-        return _broadcast_scores(None)
+        return broadcast_scores(None)
     classes = ctx.manifest["source_classes" if ctx.phase.val_split.startswith("source") else "target_classes"]
     result = validation_scores(samples, classes, float(ctx.manifest["output_hop_s"]), ctx.cfg.eval)
-    return _broadcast_scores(result) if world > 1 else result
-
-
-def validation_scores(samples: list, classes: list[str], frame_hop_s: float, ev) -> dict[str, float]:
-    """An epoch's validation scores from its predictions (``ev``: the ``eval`` config).
-
-    ``ev.selection`` "fixed": scored at ``ev.threshold`` / ``ev.median_frames``; "tuned": the
-    best of the grid ``selection_thresholds`` x ``selection_median_windows`` by
-    ``selection_metric`` (the predictions are made once and post-processed at each point).
-    ``val_score`` is what selects the best epoch, stops a phase early and chooses students.
-    """
-
-    kw = {"classes": classes, "frame_hop_s": frame_hop_s, "segment_s": ev.segment_s,
-          "t_collar_s": ev.t_collar_s, "percentage_of_length": ev.percentage_of_length}
-    extra = {}
-    if ev.selection == "tuned":
-        pp, table = tune_postprocessing(samples, thresholds=ev.selection_thresholds,
-                                        median_windows=ev.selection_median_windows, metric=ev.selection_metric, **kw)
-        event_f, segment_f = _nz(table["best"]["event_f"]), _nz(table["best"]["segment_f"])
-        extra = {"val_threshold": pp.threshold, "val_median_frames": pp.median_frames}
-    else:
-        scores = score_samples(samples, PostProcessing(threshold=ev.threshold, median_frames=ev.median_frames), **kw)
-        event_f, segment_f = _nz(scores.event_f), _nz(scores.segment_f)
-    return {
-        "val_event_f": event_f,
-        "val_segment_f": segment_f,
-        "val_score": event_f if ev.selection_metric == "event_f" else segment_f,
-        "val_samples": len(samples),
-        **extra,
-    }
-
-
-def _broadcast_scores(result: dict | None) -> dict:
-    import torch.distributed as dist
-
-    box = [result]
-    dist.broadcast_object_list(box, src=0, group=_object_group())
-    return box[0]
-
-
-def _nz(x: float) -> float:
-    return 0.0 if x is None or math.isnan(x) else float(x)
+    return broadcast_scores(result) if world > 1 else result
 
 
 # --------------------------------------------------------------------------------------------
