@@ -18,7 +18,8 @@ import sys
 
 from tsd_ray.apps.cli import add_config_args, setup_logging
 from tsd_ray.common.config import ConfigError
-from tsd_ray.experiments.tune import run_search, validate
+from tsd_ray.experiments.tune import run_search
+from tsd_ray.experiments.tune_space import validate
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,20 +20,16 @@ import pytest
 import yaml
 
 from tsd_ray.common.config import ConfigError, load_config
-from tsd_ray.experiments.tune import (
-    ScoreTracker,
+from tsd_ray.experiments.tune_space import (
     SpaceError,
-    TrialRow,
     check_params,
-    concurrency_cap,
     load_space,
-    max_reports,
     parse_space,
-    pick_best,
     resolve_base,
-    trial_config,
     validate,
 )
+from tsd_ray.experiments.tune_summary import TrialRow, pick_best
+from tsd_ray.experiments.tune_trial import ScoreTracker, concurrency_cap, max_reports, trial_config
 
 REPO = Path(__file__).resolve().parents[2]
 SMOKE = REPO / "tune_spaces" / "smoke.yaml"
@@ -219,12 +215,13 @@ def test_max_reports_and_concurrency_cap():
 def test_trial_driver_holds_no_cpu():
     from ray.tune.execution.placement_groups import resource_dict_to_pg_factory
 
-    from tsd_ray.experiments.tune import TRIAL_DRIVER_RESOURCES, _trial_id_from_dir
+    from tsd_ray.experiments.tune_summary import trial_id_from_dir
+    from tsd_ray.experiments.tune_trial import TRIAL_DRIVER_RESOURCES
 
     pgf = resource_dict_to_pg_factory(dict(TRIAL_DRIVER_RESOURCES))
     assert pgf.head_cpus == 0 and "CPU" not in pgf.required_resources
     assert pgf.required_resources.get("memory", 0) > 0
-    assert _trial_id_from_dir("/s/smoke/trial_main_9254e_00001_1_eval_threshold=1.0000_2026") == "9254e_00001"
+    assert trial_id_from_dir("/s/smoke/trial_main_9254e_00001_1_eval_threshold=1.0000_2026") == "9254e_00001"
 
 
 def test_pick_best_ignores_trials_stopped_early():

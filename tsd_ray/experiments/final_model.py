@@ -1,6 +1,6 @@
 """Which student is the final model of Algorithm 1: the one rule, used by the pipeline
 (:func:`tsd_ray.experiments.pipeline.run_ms`), Tune's per-phase score
-(:class:`tsd_ray.experiments.tune.ScoreTracker`) and detect's export of an older run's ledger.
+(:class:`tsd_ray.experiments.tune_trial.ScoreTracker`) and detect's export of an older run's ledger.
 
 Only students validated on the target domain compete (source-domain scores are on another
 split). With pseudo supervision the final model is the f student with the best validation
