@@ -514,7 +514,7 @@ def test_pictures_have_the_fixed_size(tmp_path):
 
 def test_export_of_an_older_ledger_takes_algorithm_1s_final_model():
     """Ledgers whose evaluation did not record its model: the best target f, else the phase-3 w."""
-    from tsd_ray.apps.detect import _final_model
+    from tsd_ray.apps.detect_model import _final_model
 
     steps = {n: {"best_val_score": s, "model_uri": f"{n}.pt"} for n, s in
              [("MS-p3_w_target", 50.0), ("MS-p4_f_target", 20.0), ("MS-it1_w", 60.0), ("MS-it1_f", 30.0),

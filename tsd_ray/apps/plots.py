@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from tsd_ray.apps.detect import DetectError, read_ledger_steps
+from tsd_ray.apps.detect_model import DetectError, read_ledger_steps
 from tsd_ray.common import storage
 from tsd_ray.common.types import Event
 
@@ -57,7 +57,7 @@ def plot_detection(
     dpi: int = DPI,
 ) -> str:
     """Mel spectrogram (top), target probability with the threshold (middle), detected and
-    true events as bars (bottom) of one :class:`tsd_ray.apps.detect.Detection`. Returns ``out_png``.
+    true events as bars (bottom) of one :class:`tsd_ray.apps.detect_inference.Detection`. Returns ``out_png``.
 
     ``mel`` (T, F) defaults to ``detection.mel``; its frames are ``frame_hop_s`` apart (default:
     half the output hop, i.e. 20 ms). ``true_events`` (e.g. from ``--labels``) are drawn in
@@ -139,7 +139,7 @@ def plot_training(
     """Training curves of a run from ``<run_dir>/ledger.json``: loss (top) and validation
     event-/segment-F (bottom, %) per epoch, the phases one after another along the x axis with
     separators and names. ``steps`` picks ledger steps by name prefix (e.g. ``["MS-"]``).
-    Returns ``out_png``; raises :class:`tsd_ray.apps.detect.DetectError` when the run has no curves.
+    Returns ``out_png``; raises :class:`tsd_ray.apps.detect_model.DetectError` when the run has no curves.
     """
 
     all_steps = read_ledger_steps(run_dir)
