@@ -23,7 +23,7 @@ from tsd_ray.data.corpora import (
     read_references,
     read_urbansed,
 )
-from tsd_ray.data.corpora.spec import carve_source_val
+from tsd_ray.data.corpora.reading import carve_source_val
 
 FAST = {"seconds": 0.1, "sr": 8000}  # readers never decode audio: keep the files tiny
 
