@@ -25,7 +25,8 @@ from tsd_ray.apps import detect
 from tsd_ray.apps.detect import DetectError, export_from_run, write_text
 from tsd_ray.apps.plots import plot_detection
 from tsd_ray.data.audio import AudioError
-from tsd_ray.metrics.scoring import PostProcessing, score_event_lists
+from tsd_ray.metrics.postprocess import PostProcessing
+from tsd_ray.metrics.scoring import score_event_lists
 from tsd_ray.models.checkpoint import CheckpointError, export_detector
 
 

@@ -409,7 +409,7 @@ class _RampStudent(torch.nn.Module):
 
 def _stand_in(postprocessing=None) -> detect.LoadedDetector:
     from tsd_ray.common.config import FrontendConfig
-    from tsd_ray.metrics.scoring import PostProcessing
+    from tsd_ray.metrics.postprocess import PostProcessing
 
     return detect.LoadedDetector(
         student=_RampStudent(), encoder=None, frontend=FrontendConfig(device="cpu"),
@@ -465,7 +465,7 @@ def test_list_audio_folder_list_and_errors(tmp_path):
 
 
 def test_events_tsv_round_trip_and_bad_label_file(tmp_path):
-    from tsd_ray.metrics.scoring import PostProcessing
+    from tsd_ray.metrics.postprocess import PostProcessing
 
     d = detect.Detection(name="r.wav", path="/x/r.wav", label="dog", duration_s=3.0, frame_hop_s=0.04,
                          probs=np.array([0.1, 0.9], np.float32), events=(Event(0.04, 0.08, "dog"),),
@@ -485,7 +485,7 @@ def test_events_tsv_round_trip_and_bad_label_file(tmp_path):
 
 def test_pictures_have_the_fixed_size(tmp_path):
     from tsd_ray.experiments.ledger import Ledger
-    from tsd_ray.metrics.scoring import PostProcessing
+    from tsd_ray.metrics.postprocess import PostProcessing
 
     rng = np.random.default_rng(0)
     d = detect.Detection(name="r.wav", path="r.wav", label="dog", duration_s=20.0, frame_hop_s=0.04,

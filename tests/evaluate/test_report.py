@@ -18,7 +18,8 @@ from tsd_ray.evaluate.report import (
     write_per_class,
     write_report,
 )
-from tsd_ray.metrics.scoring import PostProcessing, ScoredSample, score_samples
+from tsd_ray.metrics.postprocess import PostProcessing
+from tsd_ray.metrics.scoring import ScoredSample, score_samples
 
 SETTINGS = {"segment_s": 1.0, "t_collar_s": 0.2, "percentage_of_length": 0.2, "run": "tiny"}
 

@@ -11,12 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tsd_ray.common.types import Event
+from tsd_ray.metrics.postprocess import PostProcessing, frames_to_events, median_filter, postprocess
 from tsd_ray.metrics.scoring import (
-    PostProcessing,
     ScoredSample,
-    frames_to_events,
-    median_filter,
-    postprocess,
     score_event_lists,
     score_samples,
     sed_eval_metrics,

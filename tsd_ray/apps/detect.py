@@ -22,7 +22,7 @@ Steps, for a recording of any length and sample rate:
    that favour the window in which the frame sits centrally (a plain mean split events at
    window boundaries: a window's edge frames are less reliable), see
    :func:`frame_probabilities`.
-4. **Events**: median filter + threshold + merge (:func:`tsd_ray.metrics.scoring.postprocess`) with
+4. **Events**: median filter + threshold + merge (:func:`tsd_ray.metrics.postprocess.postprocess`) with
    the detector's post-processing; 40 ms output frames.
 
 Many files (a folder or a list) run as a Ray Data batch-inference pipeline

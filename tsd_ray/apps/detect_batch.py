@@ -21,7 +21,7 @@ from tsd_ray.common.ray_env import cluster_cpus, cluster_gpus, ensure_ray, map_w
 from tsd_ray.common.types import Event
 from tsd_ray.data.audio import AUDIO_EXTENSIONS
 from tsd_ray.data.features import LogMel
-from tsd_ray.metrics.scoring import PostProcessing
+from tsd_ray.metrics.postprocess import PostProcessing
 
 
 def list_audio(spec: str, *, extensions: Sequence[str] = AUDIO_EXTENSIONS) -> list[tuple[str, str]]:

@@ -15,7 +15,7 @@ from tsd_ray.apps.detect_model import DEFAULT_LABEL, DetectError, LoadedDetector
 from tsd_ray.common.types import Event
 from tsd_ray.data.audio import SILENCE_RMS, load_audio
 from tsd_ray.data.features import TIME_POOL, LogMel
-from tsd_ray.metrics.scoring import PostProcessing, postprocess
+from tsd_ray.metrics.postprocess import PostProcessing, postprocess
 from tsd_ray.models.encoder import normalise_embedding
 
 

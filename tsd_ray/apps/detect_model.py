@@ -12,7 +12,7 @@ from tsd_ray.common import storage
 from tsd_ray.common.config import EvalConfig, FrontendConfig, from_dict
 from tsd_ray.data.features import n_input_frames, output_hop_seconds, pick_device
 from tsd_ray.experiments.final_model import Outcome, final_model
-from tsd_ray.metrics.scoring import PostProcessing
+from tsd_ray.metrics.postprocess import PostProcessing
 from tsd_ray.models import checkpoint as ckpt
 from tsd_ray.models.encoder import freeze
 

@@ -18,8 +18,8 @@ import torch
 from torch import nn
 
 from tsd_ray.common import storage
+from tsd_ray.metrics.postprocess import PostProcessing
 from tsd_ray.metrics.scoring import (
-    PostProcessing,
     ScoredSample,
     score_samples,
     scored_samples_from_batch,
