@@ -184,8 +184,8 @@ def bare_loop(args, manifest, emb_uri: str) -> dict:
         stats = train_epoch(ctx, it(), None, len(per_epoch), math.ceil(n / bs))
         if device.type == "cuda":
             torch.cuda.synchronize()
-        per_epoch.append({"samples_per_s": stats["samples_per_s"], "epoch_seconds": stats["epoch_seconds"],
-                          "cpu_seconds": stats["epoch_cpu_seconds"], "step_samples": n, "loss": stats["loss"]})
+        per_epoch.append({"samples_per_s": stats["samples_per_s"], "epoch_s": stats["epoch_s"],
+                          "cpu_seconds": stats["epoch_cpu_s"], "step_samples": n, "loss": stats["loss"]})
     return {"samples": n, "threads": torch.get_num_threads(), "epochs": per_epoch}
 
 
@@ -208,8 +208,8 @@ def ray_phase(args, manifest, emb_uri: str, workers: int, wd: Path) -> dict:
     wall = time.perf_counter() - t0
     tree.stop()
     _, n = manifest.count(SPLIT)
-    epochs = [{"samples_per_s": n / h["epoch_seconds"], "epoch_seconds": h["epoch_seconds"],
-               "cpu_seconds": h["epoch_cpu_seconds"], "step_samples": h["train_samples"],
+    epochs = [{"samples_per_s": n / h["epoch_s"], "epoch_s": h["epoch_s"],
+               "cpu_seconds": h["epoch_cpu_s"], "step_samples": h["train_samples"],
                "loss": h["loss"]} for h in res.history]
     return {"workers": workers, "samples": n, "fit_wall_s": wall, "fit_tree_cpu_s": tree.cpu_seconds,
             "epochs": epochs}

@@ -83,7 +83,7 @@ def make_corpus(paths: Sequence[str], split: str = "source_train", *, n_referenc
     1 positive + 1 negative, since the domain has 2 classes).
 
     With ``n_references`` the first files double as reference clips, spread over the 4 classes
-    (cropped to ``reference_seconds`` by the build): :func:`tsd_ray.data.shards.read_samples` needs a
+    (cropped to ``reference_s`` by the build): :func:`tsd_ray.data.shards.read_samples` needs a
     reference table.
     """
     from tsd_ray.common.types import SPLIT_DOMAIN, Corpus, Event, MixtureRecord, ReferenceRecord

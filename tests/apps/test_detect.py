@@ -151,7 +151,7 @@ def test_export_bundles_everything_and_training_learned(model):
     assert payload["kind"] == "detector" and payload["student_kind"] == "f"
     assert payload["encoder"]["kind"] == "encoder"
     assert set(payload["postprocessing"]) == {"threshold", "median_frames"}
-    assert payload["meta"]["frontend"]["clip_seconds"] == 10.0
+    assert payload["meta"]["frontend"]["clip_s"] == 10.0
     det = detect.load_detector(model["detector"], device="cpu")
     assert not det.student.training and not det.encoder.training
     assert det.postprocessing.threshold == model["pp"]["threshold"]

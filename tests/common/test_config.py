@@ -112,3 +112,23 @@ def test_removed_keys_are_ignored_with_a_warning_that_says_what_to_use(caplog):
         assert any(key in r.getMessage() and "train.seed" in REMOVED_KEYS["run.seed"] for r in caplog.records), key
     with pytest.raises(ConfigError, match="unknown config key 'run.sede'"):
         load_config("tiny", ["run.sede=3"])
+
+
+def test_renamed_duration_keys_are_read_under_their_new_names(caplog, tmp_path):
+    """Durations are named *_s; a config, an override or a model file with the old *_seconds
+    names still loads (with a warning), and naming both is refused."""
+    import logging
+
+    import yaml
+
+    from tsd_ray.common.config import FrontendConfig, from_dict, load_config
+
+    with caplog.at_level(logging.WARNING, logger="tsd_ray.common.config"):
+        cfg = load_config("demo", ["frontend.clip_seconds=10"])
+        front = from_dict(FrontendConfig, {"clip_seconds": 7.0, "reference_seconds": 2.0}, "frontend")
+    assert cfg.frontend.clip_s == 10.0 and (front.clip_s, front.reference_s) == (7.0, 2.0)
+    assert any("frontend.clip_s" in r.getMessage() for r in caplog.records)
+    path = tmp_path / "old.yaml"
+    path.write_text(yaml.safe_dump({"base": "demo", "frontend": {"clip_seconds": 10.0, "clip_s": 5.0}}))
+    with pytest.raises(ConfigError, match="both 'frontend.clip_seconds' and its new name"):
+        load_config(str(path))

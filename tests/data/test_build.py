@@ -18,7 +18,7 @@ from tsd_ray.data.build import BuildError, build_features
 from tsd_ray.data.features import LogMel, n_input_frames
 
 SR = 16000
-FRONT = FrontendConfig(clip_seconds=10.0, reference_seconds=2.0, device="cpu")
+FRONT = FrontendConfig(clip_s=10.0, reference_s=2.0, device="cpu")
 
 
 def _tone(seconds, freq, rng, sr=SR):
@@ -238,7 +238,7 @@ def test_fixed_references_are_drawn_among_references_that_survived_the_audio_che
 
 
 def test_clip_label_follows_the_events_left_after_the_crop(tmp_path):
-    """A file up to clip_seconds + max_overhang_seconds is cropped to clip_seconds: a target
+    """A file up to clip_s + max_overhang_s is cropped to clip_s: a target
     whose only event lies in the cropped tail is a negative of the kept audio."""
     corpus = make_corpus(tmp_path / "c", n_per_split=1)
     rng = np.random.default_rng(1)

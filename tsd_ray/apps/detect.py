@@ -8,13 +8,13 @@ its run's encoder file works too (default post-processing unless given).
 Steps, for a recording of any length and sample rate:
 
 1. **Reference**: each reference clip is decoded, padded/cropped to
-   ``frontend.reference_seconds`` (as the feature build does), embedded by the encoder and
+   ``frontend.reference_s`` (as the feature build does), embedded by the encoder and
    normalised (:func:`tsd_ray.models.encoder.normalise_embedding`); several clips of one class
    are averaged and normalised again.
 2. **Features**: the whole recording is resampled and turned into a log-mel ``(T, F)`` by the
    front end the model was trained with (:class:`tsd_ray.data.features.LogMel`), rounded through
    float16 like the stored training features.
-3. **Windows**: the mel is cut into ``clip_seconds`` windows (10 s = 501 input frames) that
+3. **Windows**: the mel is cut into ``clip_s`` windows (10 s = 501 input frames) that
    start every ``hop`` input frames (even, so a window starting at input frame ``s`` maps its
    output frame ``i`` to global output frame ``s // 2 + i``); the last window is padded with
    the log-mel of silence and its padded frames are masked out, exactly as short training

@@ -49,7 +49,7 @@ def embed_reference(det: LoadedDetector, paths: Sequence[str], *, logmel: LogMel
                 f"{p}: reference clip is silent (RMS {rms:.1e} < {SILENCE_RMS:g}); give a clip in which "
                 "the target sound is audible"
             )
-        feats, _ = logmel(wave, sr, seconds=det.frontend.reference_seconds)
+        feats, _ = logmel(wave, sr, seconds=det.frontend.reference_s)
         mels.append(as_stored(feats))
     x = torch.as_tensor(np.stack(mels), device=det.device)  # (R, T, F)
     with torch.no_grad():

@@ -10,7 +10,7 @@ import torch
 
 from tsd_ray.common import storage
 from tsd_ray.common.config import EvalConfig, FrontendConfig, from_dict
-from tsd_ray.data.features import n_input_frames, output_hop_seconds, pick_device
+from tsd_ray.data.features import n_input_frames, output_hop_s, pick_device
 from tsd_ray.experiments.final_model import Outcome, final_model
 from tsd_ray.metrics.postprocess import PostProcessing
 from tsd_ray.models import checkpoint as ckpt
@@ -41,12 +41,12 @@ class LoadedDetector:
     @property
     def output_hop_s(self) -> float:
         """Seconds per output frame (0.04 with the default front end)."""
-        return output_hop_seconds(self.frontend)
+        return output_hop_s(self.frontend)
 
     @property
     def window_frames(self) -> int:
-        """Input frames of one window: ``clip_seconds`` of audio (10 s -> 501)."""
-        return n_input_frames(self.frontend.clip_seconds, self.frontend)
+        """Input frames of one window: ``clip_s`` of audio (10 s -> 501)."""
+        return n_input_frames(self.frontend.clip_s, self.frontend)
 
 
 def load_detector(

@@ -48,9 +48,9 @@ class FrontendConfig:
     f_min: float = 0.0
     f_max: float | None = None  # None: sample_rate / 2
     log_offset: float = 1e-6  # log(mel + offset)
-    clip_seconds: float = 10.0  # mixtures are padded/cropped to this length
-    max_overhang_seconds: float = 0.5  # longer files than clip+this are quarantined
-    reference_seconds: float = 4.0  # reference clips are padded/cropped to this length
+    clip_s: float = 10.0  # mixtures are padded/cropped to this length
+    max_overhang_s: float = 0.5  # longer files than clip+this are quarantined
+    reference_s: float = 4.0  # reference clips are padded/cropped to this length
     device: str = "auto"  # auto | cpu | cuda: where mels are computed in the build
 
 
@@ -58,7 +58,7 @@ class FrontendConfig:
 class SamplesConfig:
     """How TSD samples are made from mixtures (docs/architecture.md, "TSD samples")."""
 
-    output_hop_seconds: float = 0.04  # model output resolution (time pooled x2)
+    output_hop_s: float = 0.04  # model output resolution (time pooled x2)
     negatives_per_positive: float = 0.5  # ceil(N * this) negatives per mixture
     seed: int = 0
 
@@ -362,12 +362,28 @@ REMOVED_KEYS: dict[str, str] = {
 }
 
 
+#: Keys renamed so that every duration is named ``*_s``: the old name (in a config file, or in
+#: a model file or manifest written before) is read as the new one, with a warning.
+RENAMED_KEYS: dict[str, str] = {
+    "frontend.clip_seconds": "frontend.clip_s",
+    "frontend.reference_seconds": "frontend.reference_s",
+    "frontend.max_overhang_seconds": "frontend.max_overhang_s",
+    "samples.output_hop_seconds": "samples.output_hop_s",
+}
+
+
 def _drop_removed_keys(data: dict, prefix: str) -> dict:
     kept = {}
     for name, value in data.items():
         key = f"{prefix}.{name}" if prefix else name
         if key in REMOVED_KEYS:
             log.warning("config key '%s' was removed and is ignored: %s", key, REMOVED_KEYS[key])
+        elif key in RENAMED_KEYS:
+            new = RENAMED_KEYS[key]
+            if new.rsplit(".", 1)[-1] in data:
+                raise ConfigError(f"config names both '{key}' and its new name '{new}'; keep '{new}'")
+            log.warning("config key '%s' is now '%s'; read as such (rename it in your config)", key, new)
+            kept[new.rsplit(".", 1)[-1]] = value
         else:
             kept[name] = value
     return kept
@@ -472,8 +488,12 @@ def apply_overrides(data: dict, overrides: list[str] | tuple[str, ...]) -> dict:
     data = _merge({}, data)
     for text in overrides or ():
         parts, value = parse_override(text)
+        key = ".".join(parts)
+        if key in RENAMED_KEYS:
+            log.warning("--set %s: the key is now '%s'", key, RENAMED_KEYS[key])
+            key = RENAMED_KEYS[key]
         try:
-            set_dotted(data, ".".join(parts), value)
+            set_dotted(data, key, value)
         except ConfigError as exc:
             raise ConfigError(f"override '{text}': {exc}") from None
     return data

@@ -42,7 +42,7 @@ from tsd_ray.data.features import (
     LogMel,
     n_input_frames,
     n_output_frames,
-    output_hop_seconds,
+    output_hop_s,
     pick_device,
 )
 from tsd_ray.data.samples import build_samples, clip_label_after_crop, summarize
@@ -196,11 +196,11 @@ def build_key(shards: Sequence[ShardPlan], frontend: FrontendConfig, samples_cfg
 
 
 def _check_mixture(item: dict, duration: float, frontend: FrontendConfig) -> str | None:
-    limit = frontend.clip_seconds + frontend.max_overhang_seconds
+    limit = frontend.clip_s + frontend.max_overhang_s
     if duration > limit:
         return (
-            f"audio is {duration:.2f} s, longer than clip_seconds={frontend.clip_seconds} "
-            f"(+{frontend.max_overhang_seconds} s); cut it into clips or raise frontend.clip_seconds"
+            f"audio is {duration:.2f} s, longer than clip_s={frontend.clip_s} "
+            f"(+{frontend.max_overhang_s} s); cut it into clips or raise frontend.clip_s"
         )
     for onset, offset, label in item["events"] or ():
         if offset > duration + LABEL_TOLERANCE_S or onset >= duration:
@@ -217,7 +217,7 @@ def extract_shard(
     """Decode, check and featurise one shard's items. Bad items are quarantined, not raised."""
     mel = mel or LogMel(frontend)
     is_ref = split == REFERENCES
-    seconds = frontend.reference_seconds if is_ref else frontend.clip_seconds
+    seconds = frontend.reference_s if is_ref else frontend.clip_s
     T = n_input_frames(seconds, frontend)
     rows: dict[str, list] = {}
     mels: list[np.ndarray] = []
@@ -248,7 +248,7 @@ def extract_shard(
         if is_ref:
             row = {"reference_id": item["reference_id"], "label": item["label"], **common}
         else:
-            usable = min(duration, frontend.clip_seconds)
+            usable = min(duration, frontend.clip_s)
             all_events = None if item["events"] is None else [Event(*e) for e in item["events"]]
             events = [e.clipped(usable) for e in all_events or ()]
             events = [e for e in events if e is not None]
@@ -465,7 +465,7 @@ def _finalise(out, corpus, shards, summary, frontend, key, written, spec_path, t
     lines = ["item\tsplit\treason"] + [f"{q.item}\t{q.split}\t{q.reason}" for q in quarantined]
     storage.write_bytes_atomic(storage.join(out, "quarantine.tsv"), ("\n".join(lines) + "\n").encode())
     storage.write_json_atomic(storage.join(out, "summary.json"), summary)
-    T = n_input_frames(frontend.clip_seconds, frontend)
+    T = n_input_frames(frontend.clip_s, frontend)
     manifest = {
         "version": FORMAT_VERSION,
         "build_key": key,
@@ -473,8 +473,8 @@ def _finalise(out, corpus, shards, summary, frontend, key, written, spec_path, t
         "frontend": to_dict(frontend),
         "n_frames": T,
         "n_output_frames": n_output_frames(T),
-        "output_hop_s": output_hop_seconds(frontend),
-        "reference_frames": n_input_frames(frontend.reference_seconds, frontend),
+        "output_hop_s": output_hop_s(frontend),
+        "reference_frames": n_input_frames(frontend.reference_s, frontend),
         "source_classes": list(corpus.source_classes),
         "target_classes": list(corpus.target_classes),
         "classes": sorted(set(corpus.source_classes) | set(corpus.target_classes)),

@@ -29,13 +29,9 @@ def n_output_frames(n_in: int) -> int:
     return n_in // TIME_POOL
 
 
-def output_hop_seconds(cfg: FrontendConfig) -> float:
+def output_hop_s(cfg: FrontendConfig) -> float:
     """Seconds per detector output frame: 2 * 441 / 22050 = 0.04."""
     return TIME_POOL * cfg.hop_length / cfg.sample_rate
-
-
-def frame_hop_seconds(cfg: FrontendConfig) -> float:
-    return cfg.hop_length / cfg.sample_rate
 
 
 def pick_device(setting: str) -> torch.device:

@@ -140,9 +140,9 @@ def _redraw_reference(ids: Sequence[str], unusable: Mapping[str, str], target: s
 def clip_label_after_crop(
     target: str, clip_label: int, events: Sequence[Event] | None, kept_events: Sequence[Event]
 ) -> int:
-    """The clip label of a sample once its mixture is cropped to ``frontend.clip_seconds``.
+    """The clip label of a sample once its mixture is cropped to ``frontend.clip_s``.
 
-    Files up to ``clip_seconds + max_overhang_seconds`` long are accepted and cropped, and the
+    Files up to ``clip_s + max_overhang_s`` long are accepted and cropped, and the
     events are clipped to the kept part (``kept_events``; an event wholly in the tail is gone).
     A positive whose target has events in the file but none left in the kept part becomes a
     negative (label 0): the audio the model sees does not hold the target, and a negative of

@@ -371,8 +371,8 @@ def train_epoch(ctx: Context, train_it, aux_it_factory, epoch: int, spe: int) ->
         n_rows += int(batch["is_main"].sum())
     dt = max(time.time() - t0, 1e-9)
     stats = {k: v / max(1, n_batches) for k, v in sums.items()}
-    stats.update(train_batches=n_batches, train_samples=n_rows, samples_per_s=n_rows / dt, epoch_seconds=dt,
-                 epoch_cpu_seconds=time.process_time() - cpu0,  # this process, all threads
+    stats.update(train_batches=n_batches, train_samples=n_rows, samples_per_s=n_rows / dt, epoch_s=dt,
+                 epoch_cpu_s=time.process_time() - cpu0,  # this process, all threads
                  lr_last=float(ctx.optimizer.param_groups[0]["lr"]))
     return stats
 

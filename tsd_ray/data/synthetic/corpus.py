@@ -95,7 +95,7 @@ class SyntheticPreset:
     """Size of a synthetic corpus.
 
     ``classes_per_family`` classes are taken from each of the 8 families (half source, half
-    target); ``mixtures`` gives the number of mixtures per split, each ``clip_seconds`` long.
+    target); ``mixtures`` gives the number of mixtures per split, each ``clip_s`` long.
     """
 
     name: str
@@ -103,7 +103,7 @@ class SyntheticPreset:
     classes_per_family: int
     mixtures: dict[str, int]
     refs_per_class: int
-    clip_seconds: float = 10.0
+    clip_s: float = 10.0
 
 
 PRESETS: dict[str, SyntheticPreset] = {
@@ -134,7 +134,7 @@ PRESETS: dict[str, SyntheticPreset] = {
         8,
         # 5-s clips: the demo's whole main job must fit in 15 minutes on 2 CPU cores (a CPU
         # Bi-GRU steps through every output frame); real corpora and `paper` use 10 s.
-        clip_seconds=5.0,
+        clip_s=5.0,
     ),
     "paper": SyntheticPreset(
         "paper",
@@ -285,7 +285,7 @@ def _plan_split(
     domain = SPLIT_DOMAIN[split]
     code = _SPLIT_CODE[split]
     sr = preset.sample_rate
-    n_clip = int(round(preset.clip_seconds * sr))
+    n_clip = int(round(preset.clip_s * sr))
     # Round-robin the first event's class (shuffled), so every class occurs in every split
     # (at least count // len(classes) times) even in the tiny preset.
     order = _rng(seed, code, 0, _ORDER)
