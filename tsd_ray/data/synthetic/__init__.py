@@ -7,21 +7,23 @@ reference clips, DCASE label TSVs and a ``dataset.yaml`` spec, and returns the s
 from __future__ import annotations
 
 from tsd_ray.data.synthetic.corpus import (
-    DOMAIN_SNR_DB,
     GENERATOR_VERSION,
+    CorpusDirError,
+    corpus_size_bytes,
+    make_corpus,
+    render_clip,
+    write_metadata,
+)
+from tsd_ray.data.synthetic.plan import (
+    DOMAIN_SNR_DB,
     PRESETS,
     ClipPlan,
-    CorpusDirError,
     CorpusPlan,
     EventPlan,
     SyntheticPreset,
     class_sets,
-    corpus_size_bytes,
     get_preset,
-    make_corpus,
     plan_corpus,
-    render_clip,
-    write_metadata,
 )
 from tsd_ray.data.synthetic.sounds import CLASSES, FAMILIES, SoundClass, draw_instance, render_event
 
