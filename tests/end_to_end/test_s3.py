@@ -128,13 +128,13 @@ def test_phase_trains_on_s3_and_the_run_resumes_from_its_ledger(s3, cfg, manifes
     run = Run(cfg, RUNS, manifest)
     run.embeddings = emb_uri
     entry = run.phase(spec)
-    assert entry["model_uri"].startswith(f"{RUNS}/{cfg.run.name}-f_src/checkpoint_")
-    assert [h["epoch"] for h in entry["history"]] == [0, 1]
+    assert entry.model_uri.startswith(f"{RUNS}/{cfg.run.name}-f_src/checkpoint_")
+    assert [h["epoch"] for h in entry.history] == [0, 1]
     keys = _keys(s3["client"], f"runs/{cfg.run.name}-f_src/")
     assert f"runs/{cfg.run.name}-f_src/checkpoint_manager_snapshot.json" in keys
-    ck = entry["checkpoint_uri"].removeprefix(f"s3://{BUCKET}/")
+    ck = entry.checkpoint_uri.removeprefix(f"s3://{BUCKET}/")
     assert {f"{ck}/model.pt", f"{ck}/state.pt"} <= set(keys)
-    payload = ckpt.load_payload(entry["model_uri"])  # read back through s3://
+    payload = ckpt.load_payload(entry.model_uri)  # read back through s3://
     assert payload["kind"] == "f" and payload["meta"]["features"] == FEATURES
     assert storage.exists(storage.join(RUNS, cfg.run.name, "ledger.json"))
 

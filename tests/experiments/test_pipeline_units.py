@@ -44,7 +44,7 @@ def test_ablations_reuse_the_main_chain_up_to_their_switch(fake_run):
     # no pseudo supervision: phases 1-3 are the main chain's, its final model is MS's phase-3 w
     no_ps, ran = ablate("no_PS")
     assert ran == []
-    assert no_ps["final"]["model_uri"] == main_uri["p3_w_target"]
+    assert no_ps.final.model_uri == main_uri["p3_w_target"]
     assert run.ledger.get("no_PS-p3_w_target")["reused_from"] == "MS-p3_w_target"
     # no KD: phase 1 is shared; phase 2 loses its teacher, so it and all after it train anew
     _, ran = ablate("no_KD")
@@ -61,7 +61,7 @@ def test_ablations_reuse_the_main_chain_up_to_their_switch(fake_run):
     _, ran = ablate("no_SR")
     assert ran == ["p3_w_target", "p4_f_target", "it1_w", "it1_f"]
     assert not any(s.replay for s in trained) and all(s.aux_split == "source_train" for s in trained)
-    assert ms["final"]["model_uri"] == main_uri["it1_f"]
+    assert ms.final.model_uri == main_uri["it1_f"]
 
 
 def test_a_reused_phase_is_recorded_and_survives_a_restart(fake_run):
@@ -106,17 +106,17 @@ def test_final_student_best_takes_the_w_student_only_when_it_validates_higher(fa
 
     monkeypatch.setattr(pipeline, "run_phase", fake_run_phase)
     paper = run_ms(run, dataclasses.replace(run.cfg.method, final_student="f"))  # the best-validating f (phase 4)
-    assert paper["final_student"] == "f" and paper["final"]["model_uri"].endswith("MS-p4_f_target/model.pt")
+    assert paper.final_student == "f" and paper.final.model_uri.endswith("MS-p4_f_target/model.pt")
     assert run.cfg.method.final_student == "best"  # the default
     best = run_ms(run, run.cfg.method)  # phases reused from the ledger
-    assert best["final_student"] == "w" and best["final"]["model_uri"].endswith("MS-it1_w/model.pt")
+    assert best.final_student == "w" and best.final.model_uri.endswith("MS-it1_w/model.pt")
     note = "w student, which had the higher validation score"
     table = {"SS": {"segment_f": 1, "event_f": 3}, "WS": {"segment_f": 1, "event_f": 1}}
     assert note in format_table1({**table, "MS": {"segment_f": 1, "event_f": 2, "final_student": "w"}})
     assert note not in format_table1({**table, "MS": {"segment_f": 1, "event_f": 2, "final_student": "f"}})
     scores["it1_f"] = 26.0  # f validates higher: "best" keeps f
     run.ledger.steps.pop("MS-it1_f")  # train the loop's f again, now with that score
-    assert run_ms(run, dataclasses.replace(run.cfg.method, final_student="best"))["final_student"] == "f"
+    assert run_ms(run, dataclasses.replace(run.cfg.method, final_student="best")).final_student == "f"
 
 
 def test_the_loop_stops_on_the_reported_students_validation_score(fake_run, monkeypatch):
@@ -139,14 +139,14 @@ def test_the_loop_stops_on_the_reported_students_validation_score(fake_run, monk
     loop = dict(max_iterations=3, iteration_patience=1)
     f_only = run_ms(run, dataclasses.replace(run.cfg.method, final_student="f", **loop), prefix="F")
     assert iterations("F") == [1]  # it1's f (21) is below phase 4's (22): stop
-    assert f_only["final"]["model_uri"].endswith("F-p4_f_target/model.pt")
+    assert f_only.final.model_uri.endswith("F-p4_f_target/model.pt")
     best = run_ms(run, dataclasses.replace(run.cfg.method, final_student="best", **loop), prefix="B")
     # it1's w (25) beats every score so far: go on; in it2 neither beats 25: stop before it3
     assert iterations("B") == [1, 2] and trained[-2:] == ["it2_w", "it2_f"]
-    assert best["final_student"] == "w" and best["final"]["model_uri"].endswith("F-it1_w/model.pt")  # reused
+    assert best.final_student == "w" and best.final.model_uri.endswith("F-it1_w/model.pt")  # reused
     patient = run_ms(run, dataclasses.replace(run.cfg.method, final_student="best", max_iterations=3,
                                               iteration_patience=2), prefix="P")
-    assert iterations("P") == [1, 2, 3] and patient["final"]["model_uri"].endswith("P-it3_w/model.pt")
+    assert iterations("P") == [1, 2, 3] and patient.final.model_uri.endswith("P-it3_w/model.pt")
 
 
 def test_run_settings_record_the_method_switches_and_report_md_shows_them(tmp_path):

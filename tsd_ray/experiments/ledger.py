@@ -55,3 +55,25 @@ class Ledger:
         self.steps[step] = entry
         self.save()
         return entry
+
+
+@dataclass(frozen=True)
+class PhaseRecord:
+    """A finished training phase as the ledger keeps it (typed view of its ledger entry)."""
+
+    name: str
+    student: str  # "f" or "w"
+    model_uri: str  # the best-by-validation student (model.pt)
+    best_val_score: float
+    checkpoint_uri: str | None = None
+    best_metrics: dict[str, Any] = field(default_factory=dict)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+    reused_from: str | None = None  # the phase whose result this one took (same content)
+
+    @classmethod
+    def from_entry(cls, name: str, entry: dict[str, Any]) -> PhaseRecord:
+        return cls(name=name, student=str(entry.get("student", "")), model_uri=str(entry["model_uri"]),
+                   best_val_score=float(entry["best_val_score"]), checkpoint_uri=entry.get("checkpoint_uri"),
+                   best_metrics=dict(entry.get("best_metrics") or {}), history=list(entry.get("history") or []),
+                   seconds=float(entry.get("seconds") or 0.0), reused_from=entry.get("reused_from"))

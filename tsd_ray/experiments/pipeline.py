@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from tsd_ray.common import environment, storage
@@ -26,7 +27,7 @@ from tsd_ray.data.synthetic import make_corpus
 from tsd_ray.evaluate.predict import evaluate_model
 from tsd_ray.evaluate.report import format_table1, write_report
 from tsd_ray.experiments.final_model import TIE, Outcome, final_model
-from tsd_ray.experiments.ledger import Ledger, LedgerError
+from tsd_ray.experiments.ledger import Ledger, LedgerError, PhaseRecord
 from tsd_ray.train.driver import embeddings_file, run_phase
 from tsd_ray.train.encoder import embed_references, embedding_quality, pretrain_encoder
 from tsd_ray.train.phase import PhaseSpec, make_phase, ss_phase, ws_phase
@@ -140,7 +141,7 @@ class Run:
         return self.embeddings
 
     # -- phases ----------------------------------------------------------------------------
-    def phase(self, spec: PhaseSpec) -> dict[str, Any]:
+    def phase(self, spec: PhaseSpec) -> PhaseRecord:
         """Train ``spec`` unless the ledger has it, or has a phase that differs only in name."""
 
         key = spec.content_key()
@@ -150,7 +151,7 @@ class Run:
                 entry = {k: v for k, v in self.ledger.get(twin).items() if k not in ("finished_at", "seconds")}
                 entry["reused_from"] = entry.get("reused_from", twin)
                 say(f"reuse {entry['reused_from']} for {spec.name}: the same phase under another name")
-                return self.ledger.record(spec.name, **entry, seconds=0.0)
+                return PhaseRecord.from_entry(spec.name, self.ledger.record(spec.name, **entry, seconds=0.0))
 
         def go():
             r = run_phase(self.cfg, spec, self.manifest, self.embeddings, storage_path=self.root,
@@ -159,7 +160,7 @@ class Run:
                     "best_val_score": r.best_val_score, "best_metrics": r.best_metrics,
                     "history": r.history, "student": spec.student, "phase_key": key}
 
-        return self.step(spec.name, go)
+        return PhaseRecord.from_entry(spec.name, self.step(spec.name, go))
 
     def evaluate(self, name: str, model_uri: str) -> dict[str, Any]:
 
@@ -193,16 +194,35 @@ def result_digest(cfg: Config) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-def run_ms(run: Run, method: MethodConfig, prefix: str = "MS") -> dict[str, Any]:
+@dataclass(frozen=True)
+class IterationRow:
+    """The students after one loop iteration (0: phases 3-4), for Table 3."""
+
+    iteration: int
+    f: PhaseRecord
+    w: PhaseRecord
+
+
+@dataclass(frozen=True)
+class MSResult:
+    """What Algorithm 1 (:func:`run_ms`) ends with."""
+
+    final: PhaseRecord  # the final model (:func:`tsd_ray.experiments.final_model.final_model`)
+    final_student: str  # "f" or "w"
+    w: PhaseRecord  # the last w student trained
+    rows: list[IterationRow]
+
+
+def run_ms(run: Run, method: MethodConfig, prefix: str = "MS") -> MSResult:
     """Algorithm 1 with the switches of ``method``; returns the final students and Table-3 rows."""
     cfg = dataclasses.replace(run.cfg, method=method)
     outcomes: list[Outcome] = []  # every finished phase, for the final-model rule
-    results: dict[str, dict] = {}
+    results: dict[str, PhaseRecord] = {}
 
-    def phase(key: str, name: str, **kw) -> dict:
+    def phase(key: str, name: str, **kw) -> PhaseRecord:
         spec = make_phase(cfg, key, f"{prefix}-{name}", **kw)
         res = run.phase(spec)
-        outcomes.append(Outcome(spec.name, spec.student, spec.val_split, res["best_val_score"], res["model_uri"]))
+        outcomes.append(Outcome(spec.name, spec.student, spec.val_split, res.best_val_score, res.model_uri))
         results[spec.name] = res
         return res
 
@@ -215,29 +235,29 @@ def run_ms(run: Run, method: MethodConfig, prefix: str = "MS") -> dict[str, Any]
                val_split="source_val", loss="frame")
     # 2. w on D_s with KD from the phase-1 f (eq. 4 + 9)
     w2 = phase("w_source", "p2_w_source", student="w", train_split="source_train",
-               val_split="source_val", loss="clip", kd_teacher=f1["model_uri"] if kd else None)
+               val_split="source_val", loss="clip", kd_teacher=f1.model_uri if kd else None)
     # 3. w on D_t with weak labels (eq. 3 + 9)
     w = phase("w_target", "p3_w_target", student="w", train_split="target_train",
-              val_split="target_val", loss="clip", init=w2["model_uri"])
-    rows = []
+              val_split="target_val", loss="clip", init=w2.model_uri)
+    rows: list[IterationRow] = []
     if not method.pseudo:  # without pseudo supervision the w student is the final model
-        return {"final": results[final().name], "final_student": "w", "w": w, "rows": rows}
+        return MSResult(final=results[final().name], final_student="w", w=w, rows=rows)
     # 4. f on D_t with pseudo labels from the phase-3 w (eq. 7 + 9)
     f = phase("f_target", "p4_f_target", student="f", train_split="target_train",
-              val_split="target_val", loss="pseudo", init=f1["model_uri"], pseudo_teacher=w["model_uri"])
-    rows.append({"iteration": 0, "f": f, "w": w})
+              val_split="target_val", loss="pseudo", init=f1.model_uri, pseudo_teacher=w.model_uri)
+    rows.append(IterationRow(0, f, w))
     # Algorithm 1 loops until the f student stops improving; with final_student=best the
     # loop follows the model it would report, the better of the two students.
     best_score, stale = final().score, 0
     # 5. repeat {w with KD from current f; f with pseudo labels from current w}
     for it in range(1, method.max_iterations + 1):
         w = phase("w_loop", f"it{it}_w", student="w", train_split="target_train",
-                  val_split="target_val", loss="clip", init=w["model_uri"],
-                  kd_teacher=f["model_uri"] if kd else None)
+                  val_split="target_val", loss="clip", init=w.model_uri,
+                  kd_teacher=f.model_uri if kd else None)
         f = phase("f_loop", f"it{it}_f", student="f", train_split="target_train",
-                  val_split="target_val", loss="pseudo", init=f["model_uri"],
-                  pseudo_teacher=w["model_uri"])
-        rows.append({"iteration": it, "f": f, "w": w})
+                  val_split="target_val", loss="pseudo", init=f.model_uri,
+                  pseudo_teacher=w.model_uri)
+        rows.append(IterationRow(it, f, w))
         if final().score > best_score + TIE:
             best_score, stale = final().score, 0
         else:
@@ -250,7 +270,7 @@ def run_ms(run: Run, method: MethodConfig, prefix: str = "MS") -> dict[str, Any]
     if chosen.student == "w":
         say(f"{prefix}: final model is the w student of {chosen.name} (validation "
             f"{chosen.score:.1f} > f {final('f').score:.1f}; method.final_student=best)")
-    return {"final": results[chosen.name], "final_student": chosen.student, "w": w, "rows": rows}
+    return MSResult(final=results[chosen.name], final_student=chosen.student, w=w, rows=rows)
 
 
 def run_all(cfg: Config, *, storage_override: str | None = None, ablations: bool = False,
@@ -279,23 +299,23 @@ def run_all(cfg: Config, *, storage_override: str | None = None, ablations: bool
             say("SS skipped: the target training split has no strong labels")
         else:
             ss = run.phase(ss_phase(cfg))
-            results["SS"] = _scores(run.evaluate("SS-eval", ss["model_uri"]), detail=True)
+            results["SS"] = _scores(run.evaluate("SS-eval", ss.model_uri), detail=True)
     if "WS" in recipes:
         ws = run.phase(ws_phase(cfg))
-        results["WS"] = _scores(run.evaluate("WS-eval", ws["model_uri"]), detail=True)
+        results["WS"] = _scores(run.evaluate("WS-eval", ws.model_uri), detail=True)
     if "MS" in recipes:
         ms = run_ms(run, cfg.method)
-        ev = run.evaluate("MS-eval", ms["final"]["model_uri"])
+        ev = run.evaluate("MS-eval", ms.final.model_uri)
         results["MS"] = _scores(ev, detail=True)
-        results["MS"]["final_student"] = ms["final_student"]
+        results["MS"]["final_student"] = ms.final_student
         if iteration_table:
             results["iterations"] = [
                 {
-                    "iteration": r["iteration"],
-                    **{f"f_{k}": v for k, v in _scores(run.evaluate(f"MS-eval-it{r['iteration']}-f", r["f"]["model_uri"])).items()},
-                    **{f"w_{k}": v for k, v in _scores(run.evaluate(f"MS-eval-it{r['iteration']}-w", r["w"]["model_uri"])).items()},
+                    "iteration": r.iteration,
+                    **{f"f_{k}": v for k, v in _scores(run.evaluate(f"MS-eval-it{r.iteration}-f", r.f.model_uri)).items()},
+                    **{f"w_{k}": v for k, v in _scores(run.evaluate(f"MS-eval-it{r.iteration}-w", r.w.model_uri)).items()},
                 }
-                for r in ms["rows"]
+                for r in ms.rows
             ]
     if ablations:
         results["ablations"] = {}
@@ -304,7 +324,7 @@ def run_all(cfg: Config, *, storage_override: str | None = None, ablations: bool
                 continue  # already off in the main chain: the row would be MS again
             method = dataclasses.replace(cfg.method, **switches)
             ab = run_ms(run, method, prefix=name)
-            results["ablations"][name] = {**_scores(run.evaluate(f"{name}-eval", ab["final"]["model_uri"])),
+            results["ablations"][name] = {**_scores(run.evaluate(f"{name}-eval", ab.final.model_uri)),
                                           "switches": {"KD": method.kd, "PS": method.pseudo, "AD": method.adversarial,
                                                        "SR": method.source_replay}}
     results["settings"] = run_settings(cfg, manifest.uri)

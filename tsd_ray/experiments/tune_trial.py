@@ -158,9 +158,9 @@ def shared_encoder(cfg: Config, root: str, manifest) -> tuple[str, str, str]:
 
 def reporting_run_class():
     class ReportingRun(Run):
-        """A pipeline Run that calls ``on_phase(spec, entry)`` after every phase (done or skipped)."""
+        """A pipeline Run that calls ``on_phase(spec, record)`` after every phase (done or skipped)."""
 
-        def __init__(self, cfg, root, manifest, on_phase: Callable[[Any, dict], None]):
+        def __init__(self, cfg, root, manifest, on_phase: Callable[[Any, Any], None]):
             super().__init__(cfg, root, manifest)
             self._on_phase = on_phase
 
@@ -184,7 +184,7 @@ def run_trial(setup: TrialSetup, params: Mapping[str, Any], trial_id: str,
     tracker = ScoreTracker(pseudo=cfg.method.pseudo, either=cfg.method.final_student == "best")
 
     def on_phase(spec, entry):
-        report({**tracker.update(spec.name, spec.student, spec.val_split, entry["best_val_score"]), "run": cfg.run.name})
+        report({**tracker.update(spec.name, spec.student, spec.val_split, entry.best_val_score), "run": cfg.run.name})
 
     run = reporting_run_class()(cfg, setup.root, manifest, on_phase)
     if (setup.encoder_uri and not run.ledger.done("encoder")
@@ -194,9 +194,8 @@ def run_trial(setup: TrialSetup, params: Mapping[str, Any], trial_id: str,
     say(f"trial {trial_id}: {dict(params)} -> run {cfg.run.name}")
     run.prepare_encoder()
     ms = run_ms(run, cfg.method)
-    final = ms["final"]
     info = {"val_score": tracker.val_score, "val_split": tracker.val_split,
-            "final_student": ms["final_student"], "final_model_uri": final["model_uri"],
+            "final_student": ms.final_student, "final_model_uri": ms.final.model_uri,
             "phases": tracker.phases_done, "params": plain(dict(params))}
     if not run.ledger.done(TRIAL_DONE_STEP):
         run.ledger.record(TRIAL_DONE_STEP, **info)
