@@ -91,7 +91,7 @@ class EncoderConfig:
     # alone; "all" = also the source-domain events cut at their onsets/offsets and the weak
     # clips (target_train, and source_train with its events' labels), multi-label, with
     # augmentation (EQ, gain, mel shift, stretch, mixing, SpecAugment). Never val/test audio.
-    # "references" is the default until "all" measures better (README, Measured: real sound).
+    # "references" is the default until "all" measures better (README, "Measured", "Real sound").
     train_on: Literal["references", "all"] = "references"
     weak_fraction: float = 0.25  # share of the weak clips trained on per epoch (train_on: all)
     mix_prob: float = 0.5  # probability of mixing an item with another (train_on: all)
