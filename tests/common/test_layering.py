@@ -9,8 +9,6 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import pytest
-
 PKG = Path(__file__).resolve().parents[2] / "tsd_ray"
 
 #: subpackage -> rank; a module may import its own subpackage and any subpackage of lower rank
@@ -63,16 +61,44 @@ def test_every_module_sits_in_a_layer():
     assert not loose, f"modules outside the layers {sorted(LAYERS)}: {loose}"
 
 
-def test_no_import_from_a_higher_layer():
+def layer_violations(module: str, imports: list[tuple[str, int]]) -> list[str]:
+    """The imports of ``module`` that break the layering, as readable lines."""
+    me = layer_of(module)
     bad = []
-    for p in MODULES:
-        me = layer_of(module_name(p))
-        for target, line in tsd_imports(p):
-            other = layer_of(target)
-            if me is None:  # tsd_ray/__init__.py imports nothing of the package
-                bad.append(f"{p.relative_to(PKG.parent)}:{line} imports {target}")
-            elif other != me and LAYERS.get(other, 99) >= LAYERS[me]:
-                bad.append(f"{p.relative_to(PKG.parent)}:{line} ({me}) imports {target} ({other})")
+    for target, line in imports:
+        other = layer_of(target)
+        if me is None:  # tsd_ray/__init__.py imports nothing of the package
+            bad.append(f"{module}:{line} imports {target}")
+        elif other != me and LAYERS.get(other, 99) >= LAYERS[me]:
+            bad.append(f"{module}:{line} ({me}) imports {target} ({other})")
+    return bad
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle of ``graph`` (module -> imported modules) as a path, or None."""
+    state: dict[str, int] = {}
+    path: list[str] = []
+
+    def visit(n: str) -> list[str] | None:
+        state[n] = 1
+        path.append(n)
+        for d in sorted(graph.get(n, ())):
+            if state.get(d) == 1:
+                return path[path.index(d):] + [d]
+            if d in graph and d not in state and (cycle := visit(d)):
+                return cycle
+        path.pop()
+        state[n] = 2
+        return None
+
+    for n in sorted(graph):
+        if n not in state and (cycle := visit(n)):
+            return cycle
+    return None
+
+
+def test_no_import_from_a_higher_layer():
+    bad = [v for p in MODULES for v in layer_violations(module_name(p), tsd_imports(p))]
     assert not bad, "imports against the layering:\n" + "\n".join(bad)
 
 
@@ -81,29 +107,21 @@ def test_no_import_cycles():
     # a package's __init__ importing its own submodules is not a cycle of design
     for name, deps in graph.items():
         graph[name] = {d for d in deps if not d.startswith(name + ".") and d != name}
-    state: dict[str, int] = {}
-    path: list[str] = []
-
-    def visit(n: str) -> None:
-        state[n] = 1
-        path.append(n)
-        for d in sorted(graph.get(n, ())):
-            if state.get(d) == 1:
-                cycle = path[path.index(d):] + [d]
-                pytest.fail("import cycle: " + " -> ".join(cycle))
-            if d in graph and d not in state:
-                visit(d)
-        path.pop()
-        state[n] = 2
-
-    for n in sorted(graph):
-        if n not in state:
-            visit(n)
+    cycle = find_cycle(graph)
+    assert cycle is None, "import cycle: " + " -> ".join(cycle)
 
 
-def test_the_checker_sees_a_violation(tmp_path):
-    """The rules above are not vacuous: a models module importing train is caught."""
+def test_the_checkers_catch_a_violation_and_a_cycle(tmp_path):
+    """The rules above are not vacuous: an import from a higher layer, inside a function, and a
+    cycle are found; imports within a layer or from below are not reported."""
     bad = tmp_path / "bad.py"
     bad.write_text("def f():\n    from tsd_ray.train.losses import frame_bce\n")
-    assert tsd_imports(bad) == [("tsd_ray.train.losses", 2)]
-    assert LAYERS[layer_of("tsd_ray.train.losses")] > LAYERS["models"]
+    imports = tsd_imports(bad)
+    assert imports == [("tsd_ray.train.losses", 2)]
+    assert layer_violations("tsd_ray.models.detector", imports) == [
+        "tsd_ray.models.detector:2 (models) imports tsd_ray.train.losses (train)"]
+    assert layer_violations("tsd_ray.train.worker", imports) == []  # same layer
+    assert layer_violations("tsd_ray.data.build", [("tsd_ray.models.encoder", 1)])  # same rank, other layer
+    assert layer_violations("tsd_ray.apps.detect", [("tsd_ray.common.storage", 1)]) == []
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": set()}) is None

@@ -137,7 +137,7 @@ class MethodConfig:
     # target-domain w student (phase 3 or a loop), whichever scores higher on validation; the
     # loop then runs while either student improves on the better one. "f": the f student with the
     # best validation score, and the loop runs while f improves (the paper's Algorithm 1 exactly).
-    # On the demo the loop's w student validates higher in most iterations (README, Measured).
+    # The rule: tsd_ray/experiments/final_model.py; measurements: README, "Which model is MS".
     final_student: Literal["f", "best"] = "best"
     recipes: tuple[str, ...] = ("SS", "WS", "MS")  # what jobs/iterate.py runs
     overlap_classes: bool = False  # informational: source/target class sets overlap
@@ -185,16 +185,15 @@ class TrainConfig:
     grad_clip: float = 5.0
     # "constant": every step at phases.<key>.lr (encoder.lr). "cosine": the rate falls along a
     # half cosine, step by step, from it to 0 at the end of the phase's last epoch. A pure
-    # function of (epoch, step), so a resumed phase continues on the same curve. On the demo
-    # corpus cosine was no better within the run-to-run spread (README), so it is not the default.
+    # function of (epoch, step), so a resumed phase continues on the same curve. Not the
+    # default: it has not measured better (README, "Measured").
     lr_schedule: Literal["constant", "cosine"] = "constant"
     shuffle_buffer: int = 256  # local shuffle buffer rows for iter_torch_batches
     # Training batches hold whole mixtures (every sample of a mixture: one per target class)
     # and the detector's CNN, which does not see the reference, runs once per mixture. Batches
     # then hold about batch_size samples from batch_size / (samples per mixture) mixtures, and
     # the shuffle buffer counts mixtures. false: samples shuffled independently (the CNN runs
-    # once per sample: a 2.2x slower training step on the demo corpus, 3.3 samples per
-    # mixture; bench/bench_grouped.py).
+    # once per sample: slower; bench/bench_grouped.py measures by how much).
     group_by_mixture: bool = True
     # Splits with at most this many samples are expanded once per job and kept in the object
     # store (no Parquet read + expansion every epoch or phase); larger ones stream from Parquet.
@@ -240,7 +239,7 @@ class DataSection:
     spec: str | None = None  # dataset spec YAML (see README); None: synthetic corpus
     synthetic_preset: str = "tiny"  # used when spec is None
     synthetic_seed: int = 0
-    features: str | None = None  # URI of built features; None: <storage>/<run>/features
+    features: str | None = None  # URI of built features; None: <storage>/_features/<corpus>-<digest>
 
 
 @dataclass(frozen=True)

@@ -313,7 +313,8 @@ def read_corpus(spec: DatasetSpec, *, log: Callable[[str], None] | None = None) 
         if missing:
             note(
                 f"splits.{TARGET_TRAIN_STRONG}: {missing} of {len(merged)} target_train files "
-                "have no strong labels; the SS baseline trains on the others"
+                "have no strong labels; the SS baseline runs only when every target_train file has "
+                "them, so it is skipped"
             )
         kept["target_train"] = merged
 
