@@ -72,9 +72,9 @@ def prepare_features(cfg: Config, root: str) -> Manifest:
         )
     features = cfg.data.features
     if features is None:
-        digest = cfg.digest("frontend", "samples")[:8]
+        key = cfg.digest("frontend", "samples")[:8]
         name = spec_path.rstrip("/").split("/")[-2] if spec_path.endswith("dataset.yaml") else "corpus"
-        features = storage.join(root, "_features", f"{name}-{digest}")
+        features = storage.join(root, "_features", f"{name}-{key}")
     if storage.exists(storage.join(features, "manifest.json")):
         return load_manifest(features)
     say(f"building features of {spec_path} into {features}")
