@@ -448,3 +448,55 @@ def edit_spec(path: str | Path, **changes: object) -> Path:
             data[key] = value
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
+
+
+def random_scored_samples(
+    seed: int = 0,
+    *,
+    classes: Sequence[str] = ("bark", "bell", "siren"),
+    per_class: int = 6,
+    frames: int = 120,
+    frame_hop_s: float = 0.04,
+    decimals: int | None = 2,
+) -> list:
+    """TSD samples (``tsd_ray.metrics.scoring.ScoredSample``) with seeded events and scores that a
+    plausible detector could give: a smooth noise floor, raised (by a random amount, sometimes
+    shifted or cut short) over each true event, and a few spurious bumps. Two in three samples
+    hold 1-2 events of their target (apart, as sed_scores_eval requires); the rest are negatives. Scores are rounded to
+    ``decimals`` places (None: not rounded)."""
+    from tsd_ray.common.types import Event
+    from tsd_ray.metrics.scoring import ScoredSample
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for c in classes:
+        for i in range(per_class):
+            floor = np.convolve(rng.uniform(0.0, 0.3, frames + 8), np.ones(9) / 9, mode="valid")
+            probs = floor.copy()
+            events = []
+            n_events = 0 if i % 3 == 2 else int(rng.integers(1, 3))
+            taken = np.zeros(frames + 2, dtype=bool)  # events of one class never touch
+            for _ in range(n_events):
+                length = int(rng.integers(8, frames // 3))
+                start = int(rng.integers(0, frames - length))
+                if taken[start:start + length + 2].any():
+                    continue
+                taken[start:start + length + 2] = True
+                events.append(Event(round(start * frame_hop_s + rng.uniform(0, frame_hop_s), 3),
+                                    round((start + length) * frame_hop_s, 3), c))
+                shift = int(rng.integers(-4, 5))
+                cut = int(rng.integers(0, length // 2)) if rng.random() < 0.3 else 0
+                lo, hi = max(0, start + shift), min(frames, start + shift + length - cut)
+                probs[lo:hi] += rng.uniform(0.2, 0.7)
+            for _ in range(int(rng.integers(0, 3))):
+                at = int(rng.integers(0, frames - 5))
+                probs[at:at + int(rng.integers(2, 6))] += rng.uniform(0.1, 0.6)
+            n_valid = frames - int(rng.integers(0, 10))
+            out.append(ScoredSample(sample_id=f"{c}-{i:02d}", target=c,
+                                    probs=_rounded(np.clip(probs, 0.0, 1.0), decimals), events=tuple(events),
+                                    n_valid=n_valid))
+    return out
+
+
+def _rounded(x: np.ndarray, decimals: int | None) -> np.ndarray:
+    return x if decimals is None else x.round(decimals)

@@ -79,7 +79,7 @@ def test_iterate_killed_after_phase_two_resumes_and_reports(tmp_path):
     scored = [n for n in ("MS-p3_w_target", "MS-p4_f_target", "MS-it1_w", "MS-it1_f")
               if steps[n]["model_uri"] == steps["MS-eval"]["model_uri"]]
     assert len(scored) == 1 and scored[0].split("_")[1] == final, (scored, final)
-    assert set(report["MS"]) >= {"segment_f", "event_f"}
+    assert set(report["MS"]) >= {"segment_f", "event_f", "psds1", "intersection_f"}
     assert 0 <= report["MS"]["event_f"] <= 100
     assert [r["iteration"] for r in report["iterations"]] == [0, 1]
     assert "| MS" in (storage / "e2e" / "report.md").read_text()

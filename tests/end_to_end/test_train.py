@@ -196,7 +196,10 @@ def test_evaluate_job_scores_the_checkpoint(trained, tmp_path):
     res = json.loads((out / "evaluation.json").read_text())
     assert 0.0 <= res["event_f"] <= 100.0 and 0.0 <= res["segment_f"] <= 100.0
     assert set(res["per_class"]) == {"s1", "s2"}
-    assert "segment" in (out / "evaluation.md").read_text().lower()
+    assert 0.0 <= res["psds1"] <= 1.0 and 0.0 <= res["intersection_f"] <= 100.0
+    assert all("psds1" in v and "intersection_f" in v for v in res["per_class"].values())
+    md = (out / "evaluation.md").read_text()
+    assert "segment" in md.lower() and "| PSDS1 |" in md
 
 
 def test_corrupt_checkpoint_is_named(tmp_path):

@@ -240,3 +240,27 @@ def test_report_has_per_class_tables_and_the_encoder_quality():
                        title="t")
     assert "## Per-class scores: SS" in md and "| dog |" in md
     assert "## Reference encoder" in md and "**75.0 %**" in md and "| cat | 50.0 |" in md
+
+
+def test_psds1_and_intersection_f_appear_where_the_evaluations_hold_them(tmp_path):
+    from tsd_ray.evaluate.report import INTERSECTION_NOTE, format_report, format_table1
+
+    base = {"settings": {"segment_s": 1.0, "t_collar_s": 0.2, "percentage_of_length": 0.2}}
+    old = format_table1({**base, "SS": {"segment_f": 60, "event_f": 40}})
+    assert "PSDS1" not in old  # a run evaluated before PSDS: the table it always had
+    pc = {"dog": {"n_samples": 3, "n_ref_events": 2, "segment_f": 50.0, "event_f": 40.0,
+                  "psds1": 0.41234, "intersection_f": 55.5}}
+    md = format_report({**base, "SS": {"segment_f": 60.0, "event_f": 40.0, "psds1": 0.5123, "intersection_f": 61.0,
+                                       "per_class": pc},
+                        "WS": {"segment_f": 50, "event_f": 20}}, title="t")
+    assert table_rows(md, "Method")[2] == ["SS (f student, strong target labels: upper bound)", "60.00",
+                                           "40.00", "0.512", "61.00"]
+    assert table_rows(md, "Method")[3][3:] == ["–", "–"]  # WS was evaluated before PSDS
+    assert INTERSECTION_NOTE in md
+    assert table_rows(md, "Class")[2][-2:] == ["0.412", "55.50"]
+    sc = _scores()
+    res = {"split": "target_test", "segment_f": 50.0, "event_f": 50.0, "psds1": 0.25, "intersection_f": 33.3,
+           "settings": sc.settings()}
+    write_evaluation(res, tmp_path)
+    md = (tmp_path / "evaluation.md").read_text()
+    assert ["PSDS1", "0.250", "–"] in table_rows(md, "Metric")

@@ -8,6 +8,7 @@ import torch
 from tsd_ray.common.config import EvalConfig
 from tsd_ray.common.ray_env import cluster_gpus, ensure_ray, map_with_actors, quiet_worker_process
 from tsd_ray.data.shards import Manifest, read_samples
+from tsd_ray.metrics.intersection import INTERSECTION_F, PSDS1, intersection_f, psds
 from tsd_ray.metrics.scoring import score_samples, scored_samples_from_batch, tune_postprocessing
 from tsd_ray.models import checkpoint as ckpt
 from tsd_ray.train.validation import load_reference_table, predict_batches
@@ -56,7 +57,11 @@ def score_kwargs(ev: EvalConfig, hop_s: float) -> dict:
 def evaluate_model(model_uri: str, manifest: Manifest, embeddings_uri: str, ev: EvalConfig, *, split: str = "target_test", val_split: str = "target_val") -> dict:
     """Tune threshold + median window on ``val_split`` only, then score ``split``.
 
-    Returns {"segment_f", "event_f", "postprocessing", "per_class", "val": {...}, "settings"}.
+    Returns the sed_eval scores ({"segment_f", "event_f", ..._micro, "postprocessing",
+    "per_class", "settings"}) and the intersection-based ones the DCASE task-4 baseline reports:
+    "psds1" (0-1, on the scores after the tuned median filter: the threshold is what it
+    sweeps) and "intersection_f" (%, dtc = gtc = 0.5, at the tuned post-processing); each
+    class's entry in "per_class" gets its "psds1" and "intersection_f" too.
     """
 
     classes = manifest.target_classes if split.startswith("target") else manifest.source_classes
@@ -68,6 +73,12 @@ def evaluate_model(model_uri: str, manifest: Manifest, embeddings_uri: str, ev: 
     )
     test = predict_split(model_uri, manifest, embeddings_uri, split)
     scores = score_samples(test, pp, classes=classes, **kw)
+    hop = manifest.output_hop_s
+    psds1 = psds(test, classes=classes, frame_hop_s=hop, median_frames=pp.median_frames, **PSDS1)
+    inter = intersection_f(test, classes=classes, frame_hop_s=hop, threshold=pp.threshold,
+                           median_frames=pp.median_frames, **INTERSECTION_F)
+    per_class = {c: {**v, "psds1": psds1.per_class[c]["psds"], "intersection_f": inter["per_class"][c]["f"]}
+                 for c, v in scores.per_class.items()}
     return {
         "split": split,
         "segment_f": float(scores.segment_f),
@@ -75,7 +86,10 @@ def evaluate_model(model_uri: str, manifest: Manifest, embeddings_uri: str, ev: 
         "segment_f_micro": float(scores.segment_f_micro),
         "event_f_micro": float(scores.event_f_micro),
         "postprocessing": {"threshold": pp.threshold, "median_frames": pp.median_frames},
-        "per_class": scores.per_class,
+        "psds1": psds1.value,
+        "intersection_f": inter["f"],
+        "per_class": per_class,
         "n_samples": scores.n_samples,
-        "settings": {"segment_s": ev.segment_s, "t_collar_s": ev.t_collar_s, "percentage_of_length": ev.percentage_of_length},
+        "settings": {"segment_s": ev.segment_s, "t_collar_s": ev.t_collar_s, "percentage_of_length": ev.percentage_of_length,
+                     "psds1": dict(PSDS1), "intersection_f": dict(INTERSECTION_F)},
     }

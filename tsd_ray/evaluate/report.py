@@ -41,6 +41,15 @@ _SWITCH_ALIASES = {
 }
 
 
+#: What the PSDS1 and intersection-F columns are (tsd_ray/metrics/intersection.py).
+INTERSECTION_NOTE = (
+    "PSDS1: polyphonic sound detection score, intersection-based (DTC = GTC = 0.7, alpha_ST = 1, "
+    "eFPR up to 100 per hour; 0-1), over every threshold of the scores after the tuned median "
+    "filter. Intersection-F: DTC = GTC = 0.5 at the tuned threshold. Both as sed_scores_eval "
+    "defines them (the DCASE task-4 baseline's metrics), each class over the samples that ask for it."
+)
+
+
 class ReportError(ValueError):
     """``results`` is missing something a table needs; the message names the key."""
 
@@ -136,24 +145,28 @@ def _write_json(out_dir: Any, name: str, obj: Any) -> str:
 
 
 def format_table1(results: Mapping[str, Any]) -> str:
-    """Table 1: Method | Segment-F (%) | Event-F (%) for SS / WS / MS (those present).
+    """Table 1: Method | Segment-F (%) | Event-F (%) for SS / WS / MS (those present), with
+    PSDS1 and intersection-based F beside them when the evaluations hold them.
 
     When all three are present, also the share of the WS -> SS event-F gap MS closes.
     """
-    rows = []
-    for key, name in METHODS.items():
-        if key in results:
-            entry = results[key]
-            rows.append(
-                [
-                    name,
-                    fmt(_score(entry, "segment_f", repr(key))),
-                    fmt(_score(entry, "event_f", repr(key))),
-                ]
-            )
-    if not rows:
+    present = [key for key in METHODS if key in results]
+    if not present:
         raise ReportError(f"results has none of {list(METHODS)}: nothing for Table 1")
-    out = _table(["Method", "Segment-F (%)", "Event-F (%)"], rows)
+    intersection = any(isinstance(results[k], Mapping) and "psds1" in results[k] for k in present)
+    rows = []
+    for key in present:
+        entry = results[key]
+        row = [METHODS[key], fmt(_score(entry, "segment_f", repr(key))), fmt(_score(entry, "event_f", repr(key)))]
+        if intersection:
+            row += [fmt(entry.get("psds1"), 3), fmt(entry.get("intersection_f"))]
+        rows.append(row)
+    header = ["Method", "Segment-F (%)", "Event-F (%)"]
+    if intersection:
+        header += ["PSDS1", "Intersection-F (%)"]
+    out = _table(header, rows)
+    if intersection:
+        out += "\n\n" + INTERSECTION_NOTE
     gap = event_gap_closed(results)
     below = [k for k in ("MS", "WS") if gap is not None and float(results["SS"]["event_f"]) < float(results[k]["event_f"])]
     if below:
@@ -217,7 +230,8 @@ def format_table3(iterations: Sequence[Mapping[str, Any]]) -> str:
 
 
 def format_per_class_table(per_class: Mapping[str, Mapping[str, Any]]) -> str:
-    """Per-class table from ``Scores.per_class``: F / precision / recall (%) and counts."""
+    """Per-class table from ``Scores.per_class``: F / precision / recall (%) and counts, and each
+    class's PSDS1 / intersection-F when the evaluation holds them."""
     cols = [
         ("Samples", "n_samples"),
         ("Ref. events", "n_ref_events"),
@@ -228,7 +242,10 @@ def format_per_class_table(per_class: Mapping[str, Mapping[str, Any]]) -> str:
         ("Event-P", "event_precision"),
         ("Event-R", "event_recall"),
     ]
-    rows = [[str(c), *(fmt(v.get(k)) for _, k in cols)] for c, v in sorted(per_class.items())]
+    if any("psds1" in v for v in per_class.values()):
+        cols += [("PSDS1", "psds1"), ("Inter-F", "intersection_f")]
+    rows = [[str(c), *(fmt(v.get(k), 3 if k == "psds1" else 2) for _, k in cols)]
+            for c, v in sorted(per_class.items())]
     return _table(["Class", *(h for h, _ in cols)], rows)
 
 
@@ -345,7 +362,11 @@ def format_evaluation(res: Mapping[str, Any], *, title: str | None = None) -> st
         ["Segment-F (%)", fmt(res["segment_f"]), fmt(res.get("segment_f_micro"))],
         ["Event-F (%)", fmt(res["event_f"]), fmt(res.get("event_f_micro"))],
     ]
+    if "psds1" in res:
+        rows += [["PSDS1", fmt(res["psds1"], 3), "–"], ["Intersection-F (%)", fmt(res.get("intersection_f")), "–"]]
     parts.append(_table(["Metric", "Macro", "Micro"], rows))
+    if "psds1" in res:
+        parts.append(INTERSECTION_NOTE)
     pp = res.get("postprocessing")
     if pp:
         parts.append(

@@ -363,6 +363,9 @@ def run_settings(cfg: Config, features_uri: str) -> dict[str, Any]:
 def _scores(ev: dict, detail: bool = False) -> dict:
     """Table-1 scores of an evaluation; ``detail``: with its per-class scores and post-processing."""
     out = {"segment_f": round(float(ev["segment_f"]), 2), "event_f": round(float(ev["event_f"]), 2)}
+    for key, digits in (("psds1", 4), ("intersection_f", 2)):  # evaluations since PSDS was added
+        if ev.get(key) is not None:
+            out[key] = round(float(ev[key]), digits)
     if detail:
         out.update({k: ev[k] for k in ("per_class", "postprocessing") if ev.get(k) is not None})
     return out
