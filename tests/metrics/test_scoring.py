@@ -322,11 +322,30 @@ def test_class_without_references_is_nan_and_left_out_of_macro():
     assert s.n_classes_scored == 2
 
 
-def test_grouped_sed_eval_counters_equal_plain_sed_eval():
-    rng = np.random.default_rng(1)
-    classes = ["A", "B", "C", "D"]
+def _random_files(seed: int, classes: list[str], n: int, one_label: bool):
+    """Random sed_eval files: multi-label ones, or one-label ones shaped like TSD samples (events
+    of the target only, some near-misses of the collars, empty files, events past the end)."""
+    rng = np.random.default_rng(seed)
     files = []
-    for i in range(40):
+    for i in range(n):
+        if one_label:
+            c = str(rng.choice(classes))
+            ref = []
+            for _ in range(int(rng.integers(0, 3))):
+                on = round(float(rng.uniform(0, 9)), 6)
+                ref.append({"filename": f"f{i}", "event_label": c, "onset": on,
+                            "offset": round(on + float(rng.uniform(0.1, 3.0)), 6)})
+            est = []
+            for r in ref[: int(rng.integers(0, len(ref) + 1))]:  # estimates near references ...
+                est.append({**r, "onset": round(r["onset"] + float(rng.choice([0, 0.2, -0.2, 0.21, 0.1])), 6),
+                            "offset": round(r["offset"] + float(rng.choice([0, 0.2, 0.5, -0.3])), 6)})
+            for _ in range(int(rng.integers(0, 3))):  # ... and elsewhere
+                on = round(float(rng.uniform(0, 10)), 6)
+                est.append({"filename": f"f{i}", "event_label": c, "onset": on,
+                            "offset": round(on + float(rng.uniform(0.04, 2.0)), 6)})
+            est = [e for e in est if e["offset"] > e["onset"]]
+            files.append((f"f{i}", ref, est, 10.0 - (i % 3) * 0.52))
+            continue
         labels = rng.choice(classes, size=rng.integers(0, 3), replace=False)
 
         def events(labels, i=i):
@@ -340,9 +359,11 @@ def test_grouped_sed_eval_counters_equal_plain_sed_eval():
 
         extra = rng.choice(classes, size=rng.integers(0, 2), replace=False)
         files.append((f"f{i}", events(labels), events(list(labels) + list(extra)), 10.0 - i % 3))
-    plain = sed_eval_metrics(files, classes=classes, grouped=False)
-    grouped = sed_eval_metrics(files, classes=classes, grouped=True)
-    for p, g in zip(plain, grouped, strict=True):
+    return files
+
+
+def _same_counters(a, b, classes):
+    for p, g in zip(a, b, strict=True):
         assert {k: float(v) for k, v in p.overall.items()} == {
             k: float(v) for k, v in g.overall.items()
         }
@@ -351,8 +372,32 @@ def test_grouped_sed_eval_counters_equal_plain_sed_eval():
                 k: float(v) for k, v in g.class_wise[c].items()
             }
         assert p.evaluated_files == g.evaluated_files
-    assert plain[0].evaluated_length_seconds == pytest.approx(grouped[0].evaluated_length_seconds)
+    assert a[0].evaluated_length_seconds == pytest.approx(b[0].evaluated_length_seconds)
+    assert a[1].evaluated_length == pytest.approx(b[1].evaluated_length)
+
+
+@pytest.mark.parametrize("one_label", [False, True])
+def test_grouped_and_direct_sed_eval_counters_equal_plain_sed_eval(one_label):
+    classes = ["A", "B", "C", "D"]
+    files = _random_files(1, classes, 300 if one_label else 40, one_label)
+    plain = sed_eval_metrics(files, classes=classes, method="plain")
+    for method in ("grouped", "direct"):
+        _same_counters(plain, sed_eval_metrics(files, classes=classes, method=method), classes)
     assert plain[0].overall["Ntn"] > 0  # the true-negative correction was exercised
+    if one_label:  # the random files reach every branch of the direct count
+        ev = plain[1]
+        assert 0 < ev.overall["Ntp"] < min(ev.overall["Nref"], ev.overall["Nsys"])
+        assert any(not f[1] and not f[2] for f in files) and any(len(f[1]) == 2 for f in files)
+
+
+def test_maximum_matching_beats_a_greedy_one():
+    from tsd_ray.metrics.counts import _max_matching
+
+    # Reference 0 hits estimates 0 and 1, reference 1 only estimate 0: greedy in order takes
+    # (0, 0) and leaves reference 1 unmatched; the maximum matching pairs both.
+    assert _max_matching(np.array([[True, True], [True, False]])) == 2
+    assert _max_matching(np.array([[True, True, True], [True, False, False], [True, False, False]])) == 2
+    assert _max_matching(np.zeros((3, 0), dtype=bool)) == 0
 
 
 def test_score_event_lists_segment_length_setting():

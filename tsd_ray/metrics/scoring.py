@@ -59,9 +59,14 @@ from typing import Any, Literal
 import numpy as np
 
 from tsd_ray.common.types import Event, Seconds
-
-#: Decimal places event times are rounded to (microseconds), see the module docstring.
-from tsd_ray.metrics.postprocess import TIME_DECIMALS, PostProcessing, postprocess
+from tsd_ray.metrics.counts import add_one_label_files, file_label
+from tsd_ray.metrics.postprocess import (
+    TIME_DECIMALS,
+    PostProcessing,
+    frames_to_events,
+    median_filter,
+    postprocess,
+)
 
 Metric = Literal["event_f", "segment_f", "event_f_micro", "segment_f_micro"]
 
@@ -228,23 +233,33 @@ def sed_eval_metrics(
     segment_s: Seconds = 1.0,
     t_collar_s: Seconds = 0.2,
     percentage_of_length: float = 0.2,
-    grouped: bool = True,
+    method: Literal["direct", "grouped", "plain"] = "direct",
 ) -> tuple[Any, Any]:
-    """sed_eval ``(SegmentBasedMetrics, EventBasedMetrics)`` over ``classes`` after calling
-    ``evaluate(reference, estimate)`` once per file.
+    """sed_eval ``(SegmentBasedMetrics, EventBasedMetrics)`` over ``classes`` holding the
+    counters of ``files``, as if ``evaluate(reference, estimate)`` had been called once per file.
 
     ``files`` holds ``(file_id, reference_dicts, estimate_dicts, duration_s)`` in sed_eval's
-    event-dict form. sed_eval loops over every class of ``event_label_list`` for every file,
-    so 500 one-class TSD files over 40 classes cost 40x what they need. With ``grouped``
-    (the default) files are evaluated by objects whose label list is only the labels
-    present in them, and their counters are summed into the returned objects: every
-    count sed_eval keeps is additive over files, and a class absent from a file only adds
-    true-negative segments, which are added back exactly. ``grouped=False`` is plain
-    sed_eval; ``tests/metrics/test_scoring.py`` checks that both give identical counters.
+    event-dict form. ``method``:
+
+    * ``"plain"``: sed_eval itself, file by file. It loops over every class of
+      ``event_label_list`` for every file, so 500 one-class TSD files over 40 classes cost 40x
+      what they need;
+    * ``"grouped"``: files are evaluated by sed_eval objects whose label list is only the
+      labels present in them, and their counters are summed into the returned objects: every
+      count sed_eval keeps is additive over files, and a class absent from a file only adds
+      true-negative segments, which are added back exactly (3-10x faster than plain);
+    * ``"direct"`` (default): files with at most one label (every TSD sample) are counted by
+      :mod:`tsd_ray.metrics.counts` without sed_eval, the others as in ``"grouped"``
+      (another ~10x).
+
+    All three give identical counters (``tests/metrics/test_scoring.py``), and the scores are
+    always computed by sed_eval from them.
     """
+    if method not in ("direct", "grouped", "plain"):
+        raise ValueError(f"method must be 'direct', 'grouped' or 'plain', got {method!r}")
     classes = list(classes)
     total_seg, total_ev = _new_metrics(classes, segment_s, t_collar_s, percentage_of_length)
-    if not grouped:
+    if method == "plain":
         for _fid, ref, est, duration in files:
             total_seg.evaluate(ref, est, evaluated_length_seconds=duration)
             total_ev.evaluate(ref, est)
@@ -252,12 +267,17 @@ def sed_eval_metrics(
 
     groups: dict[tuple[str, ...], list[SedEvalFile]] = {}
     for f in files:
-        labels = tuple(sorted({e["event_label"] for e in f[1]} | {e["event_label"] for e in f[2]}))
+        labels = file_label(f[1], f[2])
         if not set(labels) <= set(classes):
             raise ValueError(
                 f"file {f[0]!r}: labels {sorted(set(labels) - set(classes))} not in classes"
             )
         groups.setdefault(labels, []).append(f)
+    if method == "direct":
+        one_label = [f for labels, members in groups.items() if len(labels) <= 1 for f in members]
+        add_one_label_files(total_seg, total_ev, one_label, classes, segment_s=segment_s, t_collar_s=t_collar_s,
+                            percentage_of_length=percentage_of_length)
+        groups = {labels: members for labels, members in groups.items() if len(labels) > 1}
     for labels, members in groups.items():
         seg, ev = _new_metrics(list(labels), segment_s, t_collar_s, percentage_of_length)
         n_segments = 0
@@ -402,6 +422,37 @@ def _postprocess_samples(
     return out
 
 
+def _check_samples(samples: Sequence[ScoredSample], classes: Sequence[str]) -> None:
+    seen: set[str] = set()
+    known = set(classes)
+    for s in samples:
+        if s.sample_id in seen:
+            raise ValueError(f"duplicate sample_id {s.sample_id!r}: sample ids must be unique")
+        seen.add(s.sample_id)
+        if s.target not in known:
+            raise ValueError(
+                f"sample {s.sample_id!r}: target {s.target!r} is not in classes {list(classes)}"
+            )
+
+
+def _score_estimates(
+    samples: Sequence[ScoredSample], estimates: Mapping[str, Sequence[Event]], pp: PostProcessing, *,
+    classes: Sequence[str], frame_hop_s: Seconds, segment_s: Seconds, t_collar_s: Seconds,
+    percentage_of_length: float,
+) -> Scores:
+    scores = score_event_lists(
+        {s.sample_id: s.reference_events() for s in samples},
+        estimates,
+        {s.sample_id: s.num_frames * frame_hop_s for s in samples},
+        classes=classes,
+        segment_s=segment_s,
+        t_collar_s=t_collar_s,
+        percentage_of_length=percentage_of_length,
+        targets={s.sample_id: s.target for s in samples},
+    )
+    return replace(scores, frame_hop_s=float(frame_hop_s), postprocessing=pp)
+
+
 def score_samples(
     samples: Sequence[ScoredSample],
     pp: PostProcessing,
@@ -420,28 +471,31 @@ def score_samples(
     it). F-scores are in percent; see the module docstring for the averaging rules.
     """
     samples = list(samples)
-    seen: set[str] = set()
-    known = set(classes)
-    for s in samples:
-        if s.sample_id in seen:
-            raise ValueError(f"duplicate sample_id {s.sample_id!r}: sample ids must be unique")
-        seen.add(s.sample_id)
-        if s.target not in known:
-            raise ValueError(
-                f"sample {s.sample_id!r}: target {s.target!r} is not in classes {list(classes)}"
-            )
-    estimates = _postprocess_samples(samples, pp, frame_hop_s)
-    scores = score_event_lists(
-        {s.sample_id: s.reference_events() for s in samples},
-        estimates,
-        {s.sample_id: s.num_frames * frame_hop_s for s in samples},
-        classes=classes,
-        segment_s=segment_s,
-        t_collar_s=t_collar_s,
-        percentage_of_length=percentage_of_length,
-        targets={s.sample_id: s.target for s in samples},
-    )
-    return replace(scores, frame_hop_s=float(frame_hop_s), postprocessing=pp)
+    _check_samples(samples, classes)
+    return _score_estimates(samples, _postprocess_samples(samples, pp, frame_hop_s), pp, classes=classes,
+                            frame_hop_s=frame_hop_s, segment_s=segment_s, t_collar_s=t_collar_s,
+                            percentage_of_length=percentage_of_length)
+
+
+def _score_grid(samples: list[ScoredSample], grid: Sequence[PostProcessing], *, classes: Sequence[str],
+                frame_hop_s: Seconds = 0.04, **kw: Any) -> list[Scores]:
+    """:func:`score_samples` at every grid point, each median filter applied once per sample."""
+    _check_samples(samples, classes)
+    filtered: dict[int, list[np.ndarray]] = {}
+    out = []
+    for pp in grid:
+        if pp.median_frames not in filtered:
+            filtered[pp.median_frames] = []
+            for s in samples:
+                x = np.asarray(s.probs[: s.num_frames], dtype=np.float64)
+                if not np.all(np.isfinite(x)):
+                    raise ValueError(f"sample {s.sample_id!r}: postprocess: non-finite probabilities "
+                                     f"for label {s.target!r}")
+                filtered[pp.median_frames].append(median_filter(x, pp.median_frames))
+        estimates = {s.sample_id: frames_to_events(f > pp.threshold, frame_hop_s=frame_hop_s, label=s.target)
+                     for s, f in zip(samples, filtered[pp.median_frames], strict=True)}
+        out.append(_score_estimates(samples, estimates, pp, classes=classes, frame_hop_s=frame_hop_s, **kw))
+    return out
 
 
 _WORKER_STATE: dict[str, Any] = {}
@@ -497,7 +551,8 @@ def tune_postprocessing(
     samples = list(val_samples)
     kwargs = {"classes": list(classes), **score_kwargs}
     if num_jobs == 1 or len(grid) == 1:
-        results = [score_samples(samples, pp, **kwargs) for pp in grid]
+        results = _score_grid(samples, grid, **{"segment_s": 1.0, "t_collar_s": 0.2,
+                                                "percentage_of_length": 0.2, **kwargs})
     else:
         ctx = multiprocessing.get_context("spawn")
         with concurrent.futures.ProcessPoolExecutor(
