@@ -4,7 +4,7 @@ import hashlib
 import json
 
 from tsd_ray.common.config import load_config, to_dict
-from tsd_ray.common.digest import RESULT_NEUTRAL, digest, without_neutral_keys
+from tsd_ray.common.digest import ADDED_AT_NEUTRAL, RESULT_NEUTRAL, digest, without_neutral_keys
 from tsd_ray.experiments.pipeline import result_digest
 
 
@@ -25,3 +25,14 @@ def test_neutral_keys_leave_the_result_digest_alone_and_others_move_it():
     d = without_neutral_keys(to_dict(cfg))
     assert "run" not in d and not set(RESULT_NEUTRAL["train"]) & set(d["train"])
     assert "run" in to_dict(cfg)  # the input is not changed
+
+
+def test_keys_added_later_count_only_away_from_their_neutral_value():
+    cfg = load_config("real", ["data.spec=/x/dataset.yaml"])
+    full = to_dict(cfg)
+    before = {**full, "augment": {k: v for k, v in full["augment"].items() if k not in ADDED_AT_NEUTRAL["augment"]}}
+    # A run started before the keys existed had a config without them: its digest is the same.
+    assert result_digest(cfg) == digest(without_neutral_keys(before))
+    for key in ADDED_AT_NEUTRAL["augment"]:
+        moved = load_config("real", ["data.spec=/x/dataset.yaml", f"augment.{key}=2"])
+        assert result_digest(moved) != result_digest(cfg), key

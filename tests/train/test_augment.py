@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
 from tsd_ray.common.config import AugmentConfig
-from tsd_ray.train.augment import augment_batch, freq_mask, time_mask, time_shift
+from tsd_ray.train.augment import (
+    augment_batch,
+    bin_shift,
+    freq_mask,
+    gain_eq,
+    time_mask,
+    time_shift,
+)
 
 
 def _impulse_batch(b: int, t_in: int, starts: list[int], f: int = 8):
@@ -150,3 +159,41 @@ def test_augment_batch_is_reproducible_from_generator():
     a = augment_batch({"mel": mel, "frame_labels": labels}, cfg, torch.Generator().manual_seed(9))
     b = augment_batch({"mel": mel, "frame_labels": labels}, cfg, torch.Generator().manual_seed(9))
     assert torch.equal(a["mel"], b["mel"]) and torch.equal(a["frame_labels"], b["frame_labels"])
+
+
+def test_gain_eq_changes_each_row_by_one_curve_over_the_mel_bins():
+    mel = torch.randn(4, 30, 16)
+    out = gain_eq(mel, 6.0, 6.0, torch.Generator().manual_seed(1))
+    offset = out - mel  # (B, T, F): the same curve at every frame of a row, another per row
+    assert torch.allclose(offset, offset[:, :1].expand_as(offset), atol=1e-6)
+    assert not torch.allclose(offset[0, 0], offset[1, 0])
+    limit = (6.0 + 6.0 + 3.0) * math.log(10.0) / 10.0  # gain + both cosine terms, in log-mel units
+    assert offset.abs().max() <= limit + 1e-6 and offset.abs().max() > 0.1
+
+
+def test_bin_shift_moves_a_tone_along_the_mel_axis():
+    mel = torch.zeros(20, 10, 16)
+    mel[:, :, 8] = 5.0  # a tone in bin 8 in every row
+    out = bin_shift(mel, 2, torch.Generator().manual_seed(0))
+    peaks = out.argmax(dim=2)  # (B, T)
+    assert torch.equal(peaks, peaks[:, :1].expand_as(peaks))  # every frame of a row moves alike
+    moves = (peaks[:, 0] - 8).tolist()
+    assert set(moves) <= {-2, -1, 0, 1, 2} and len(set(moves)) > 2
+    edge = torch.arange(16.0).expand(1, 1, 16).clone()
+    assert bin_shift(edge, 3, torch.Generator().manual_seed(5))[0, 0].tolist() in (
+        [min(max(f - s, 0), 15) for f in range(16)] for s in range(-3, 4))  # the edge bin fills the gap
+
+
+def test_new_augmentations_at_zero_draw_nothing_and_keep_old_batches():
+    mel = torch.randn(3, 41, 8)
+    labels = (torch.rand(3, 20) > 0.5).float()
+    old = AugmentConfig(time_shift_frames=5, freq_mask_bins=2, time_mask_frames=3)
+    g = torch.Generator().manual_seed(9)
+    a = augment_batch({"mel": mel, "frame_labels": labels}, old, g)
+    state = g.get_state()
+    assert gain_eq(mel, 0.0, 0.0, g) is mel and bin_shift(mel, 0, g) is mel
+    assert torch.equal(g.get_state(), state)
+    b = augment_batch({"mel": mel, "frame_labels": labels}, AugmentConfig(time_shift_frames=5, freq_mask_bins=2,
+                      time_mask_frames=3, gain_db=6.0, eq_db=6.0, max_bin_shift=2), torch.Generator().manual_seed(9))
+    assert torch.equal(b["frame_labels"], a["frame_labels"])  # labels as before: they draw after the shift
+    assert not torch.equal(b["mel"], a["mel"])

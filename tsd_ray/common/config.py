@@ -169,6 +169,13 @@ class AugmentConfig:
     time_shift_frames: int = 0  # max circular shift in output frames (labels move too)
     freq_mask_bins: int = 0  # SpecAugment-style frequency mask width (labels unchanged)
     time_mask_frames: int = 0  # time mask width in input frames (labels unchanged)
+    # How a new recording of a class differs from the training ones (labels unchanged): a gain
+    # of up to +-gain_db and a smooth random EQ curve of up to +-eq_db over the mel bins, and a
+    # shift of up to max_bin_shift mel bins (about a semitone each). The encoder trains with the
+    # same (train/encoder_items.py). 0 = off; at 0 they leave a run's digest as it was.
+    gain_db: float = 0.0
+    eq_db: float = 0.0
+    max_bin_shift: int = 0
 
 
 @dataclass(frozen=True)

@@ -14,12 +14,20 @@ import hashlib
 import json
 from typing import Any
 
-__all__ = ["RESULT_NEUTRAL", "digest", "without_neutral_keys"]
+__all__ = ["ADDED_AT_NEUTRAL", "RESULT_NEUTRAL", "digest", "without_neutral_keys"]
 
 #: config section -> keys that do not change results (None: the whole section)
 RESULT_NEUTRAL: dict[str, tuple[str, ...] | None] = {
     "run": None,  # the run's name and storage root
     "train": ("fail_at_epoch", "max_failures"),  # the fault-injection hook and Ray's retry budget
+}
+
+
+#: config section -> keys added after runs existed, with the value at which a run computes what
+#: it computed before them. A key at that value is left out of result digests, so runs started
+#: before it was added still resume and reuse their phases (at any other value it counts).
+ADDED_AT_NEUTRAL: dict[str, dict[str, Any]] = {
+    "augment": {"gain_db": 0.0, "eq_db": 0.0, "max_bin_shift": 0},
 }
 
 
@@ -30,7 +38,7 @@ def digest(obj: Any, length: int = 16) -> str:
 
 def without_neutral_keys(config: dict[str, Any]) -> dict[str, Any]:
     """A copy of a config dict (or of any subset of its sections) without the keys of
-    :data:`RESULT_NEUTRAL`."""
+    :data:`RESULT_NEUTRAL`, nor those of :data:`ADDED_AT_NEUTRAL` at their neutral value."""
     out = copy.deepcopy(config)
     for section, keys in RESULT_NEUTRAL.items():
         if section not in out:
@@ -40,4 +48,8 @@ def without_neutral_keys(config: dict[str, Any]) -> dict[str, Any]:
         else:
             for k in keys:
                 out[section].pop(k, None)
+    for section, neutral in ADDED_AT_NEUTRAL.items():
+        for k, value in neutral.items():
+            if section in out and k in out[section] and out[section][k] == value:
+                del out[section][k]
     return out

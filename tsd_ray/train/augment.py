@@ -13,6 +13,11 @@ frames (40 ms); output frame ``j`` covers input frames ``[2j, 2j + 2)``.
 * :func:`freq_mask` and :func:`time_mask` (SpecAugment-style) overwrite a band with the clip's
   mean level; they do not move time, so labels are unchanged (an event under a time mask keeps
   its label: the model must infer it from context, as in SpecAugment).
+* :func:`gain_eq` (a level change and a smooth random EQ curve) and :func:`bin_shift` (a shift
+  along the mel axis, about a semitone per bin in the mid range) change how a recording sounds,
+  not when: labels are unchanged. They are what the reference encoder trains with too
+  (``tsd_ray.train.encoder_items.augment_items``): a new recording of a class differs from the
+  training ones in level, colouration and pitch.
 
 All draws come from the ``generator`` passed in (a CPU ``torch.Generator``): reproducible and
 independent per worker when each worker seeds its own.
@@ -20,6 +25,7 @@ independent per worker when each worker seeds its own.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -28,7 +34,7 @@ from torch import Tensor
 
 from tsd_ray.common.config import AugmentConfig
 
-__all__ = ["augment_batch", "freq_mask", "time_mask", "time_shift"]
+__all__ = ["augment_batch", "bin_shift", "freq_mask", "gain_eq", "time_mask", "time_shift"]
 
 
 def _randint(low: int, high: int, size: int, generator: torch.Generator) -> Tensor:
@@ -127,6 +133,31 @@ def time_mask(mel: Tensor, max_width_frames: int, generator: torch.Generator) ->
     return _band_mask(mel, 1, max_width_frames, generator)
 
 
+def gain_eq(mel: Tensor, gain_db: float, eq_db: float, generator: torch.Generator) -> Tensor:
+    """Per row, a gain of ``± gain_db`` and a smooth EQ curve over the mel bins (two cosine
+    terms, ``± eq_db`` at its extremes). Mels are natural-log: ``dB / 10 * ln(10)`` is the
+    additive offset. (B, T, F); labels unchanged; draws nothing when both are 0."""
+    if gain_db <= 0 and eq_db <= 0:
+        return mel
+    b, _, f = mel.shape
+    u = torch.rand(b, 3, generator=generator) * 2 - 1  # (B, 3)
+    x = torch.linspace(0, math.pi, f)
+    curve = (u[:, :1] * gain_db + u[:, 1:2] * eq_db * torch.cos(x)[None]
+             + u[:, 2:3] * eq_db * 0.5 * torch.cos(2 * x)[None])  # (B, F) dB
+    return mel + (curve * (math.log(10.0) / 10.0)).to(device=mel.device, dtype=mel.dtype)[:, None, :]
+
+
+def bin_shift(mel: Tensor, max_shift: int, generator: torch.Generator) -> Tensor:
+    """Shift each row by ``s ~ U{-max_shift..max_shift}`` mel bins, the edge bin repeated into the
+    gap. (B, T, F); labels unchanged; draws nothing when ``max_shift`` is 0."""
+    if max_shift <= 0:
+        return mel
+    b, _, f = mel.shape
+    s = torch.randint(-max_shift, max_shift + 1, (b,), generator=generator)  # (B,)
+    src = (torch.arange(f)[None, :] - s[:, None]).clamp(0, f - 1).to(mel.device)  # (B, F)
+    return mel.gather(2, src[:, None, :].expand_as(mel))
+
+
 def augment_batch(
     batch: Mapping[str, Any],
     cfg: AugmentConfig,
@@ -141,7 +172,7 @@ def augment_batch(
     shift. Every other key passes through unchanged (clip labels, ids, domains...).
     ``groups`` (N,): the frame tensors hold N rows, row ``n`` belonging to ``mel`` row
     ``groups[n]`` (a packed batch: each mixture once, its samples moved with it).
-    Order: time shift, then frequency mask, then time mask.
+    Order: time shift, frequency mask, time mask, gain + EQ, mel-bin shift.
     """
     if "mel" not in batch:
         raise KeyError(f"augment_batch: batch has no 'mel' (keys: {sorted(batch)})")
@@ -155,5 +186,7 @@ def augment_batch(
         out.update(zip(keys, moved, strict=True))
     mel = freq_mask(mel, cfg.freq_mask_bins, generator)
     mel = time_mask(mel, cfg.time_mask_frames, generator)
+    mel = gain_eq(mel, cfg.gain_db, cfg.eq_db, generator)
+    mel = bin_shift(mel, cfg.max_bin_shift, generator)
     out["mel"] = mel
     return out

@@ -30,6 +30,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
+from tsd_ray.train.augment import bin_shift, gain_eq
+
 #: A class joins a cut event's labels when its events cover at least this share of the cut.
 OVERLAP_SHARE = 0.5
 
@@ -184,20 +186,7 @@ def augment_items(mel: torch.Tensor, n_frames: torch.Tensor, labels: torch.Tenso
         row[:n] = torch.roll(seg, shifts=k, dims=0)
         out[i] = row
         n_out[i] = n
-    # gain + smooth EQ: a random curve from two cosine terms over the mel axis
-    u = (torch.rand(B, 3, generator=gen) * 2 - 1)
-    f = torch.linspace(0, math.pi, F)
-    curve = u[:, :1] * gain_db + u[:, 1:2] * eq_db * torch.cos(f)[None] + u[:, 2:3] * eq_db * 0.5 * torch.cos(2 * f)[None]
-    out = out + (curve * db)[:, None, :]
-    if max_bin_shift > 0:
-        shifts = torch.randint(-max_bin_shift, max_bin_shift + 1, (B,), generator=gen)
-        for i, s in enumerate(shifts.tolist()):
-            if s > 0:
-                out[i, :, s:] = out[i, :, :-s].clone()
-                out[i, :, :s] = out[i, :, s:s + 1]
-            elif s < 0:
-                out[i, :, :s] = out[i, :, -s:].clone()
-                out[i, :, s:] = out[i, :, s - 1:s]
+    out = bin_shift(gain_eq(out, gain_db, eq_db, gen), max_bin_shift, gen)
     if mix_prob > 0 and B > 1:
         partner = torch.randperm(B, generator=gen)
         mix = torch.rand(B, generator=gen) < mix_prob
