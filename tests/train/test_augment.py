@@ -13,6 +13,7 @@ from tsd_ray.train.augment import (
     bin_shift,
     freq_mask,
     gain_eq,
+    mix_mixtures,
     time_mask,
     time_shift,
 )
@@ -197,3 +198,53 @@ def test_new_augmentations_at_zero_draw_nothing_and_keep_old_batches():
                       time_mask_frames=3, gain_db=6.0, eq_db=6.0, max_bin_shift=2), torch.Generator().manual_seed(9))
     assert torch.equal(b["frame_labels"], a["frame_labels"])  # labels as before: they draw after the shift
     assert not torch.equal(b["mel"], a["mel"])
+
+
+def _two_mixtures():
+    """Mixture 0: class 1 present (frames 2-4), class 2 absent (a negative sample). Mixture 1:
+    class 2 present (frames 6-8) and class 3 present (frames 0-1)."""
+    mel = torch.stack([torch.full((20, 4), -5.0), torch.full((20, 4), -3.0)])
+    frames = torch.zeros(4, 10)
+    frames[0, 2:5] = 1
+    frames[2, 6:9] = 1
+    frames[3, 0:2] = 1
+    clip = torch.tensor([1.0, 0.0, 1.0, 1.0])
+    target = torch.tensor([1, 2, 2, 3])
+    groups = torch.tensor([0, 0, 1, 1])
+    return mel, frames, clip, target, groups
+
+
+def test_mixing_joins_the_partners_labels_of_each_class():
+    mel, frames, clip, target, groups = _two_mixtures()
+    out, f, c = mix_mixtures(mel, frames, clip, target, groups, torch.tensor([0, 0]), torch.tensor([10, 10]),
+                             1.0, 12.0, torch.Generator().manual_seed(0))
+    # mixture 0's negative of class 2 now holds mixture 1's class-2 event; class 1 is unchanged
+    assert torch.equal(f[1], frames[2]) and c[1] == 1.0
+    assert torch.equal(f[0], frames[0]) and c[0] == 1.0
+    # mixture 1 got mixture 0 too: its class-2 and class-3 samples keep their labels (0 has neither)
+    assert torch.equal(f[2:], frames[2:]) and torch.equal(c[2:], clip[2:])
+    # each row is louder than before, by the partner's power at -12..0 dB
+    assert bool((out > mel).all()) and bool((out <= torch.logaddexp(mel, mel.flip(0))).all())
+    assert torch.equal(frames[1], torch.zeros(10)) and mel[0, 0, 0] == -5.0  # inputs unchanged
+
+
+def test_mixing_keeps_to_its_kind_and_to_frames_valid_in_both():
+    mel, frames, clip, target, groups = _two_mixtures()
+    g = torch.Generator().manual_seed(0)
+    out, f, c = mix_mixtures(mel, frames, clip, target, groups, torch.tensor([0, 1]), torch.tensor([10, 10]),
+                             1.0, 12.0, g)
+    assert torch.equal(out, mel) and torch.equal(f, frames)  # a strong and a weak mixture never mix
+    out, _, _ = mix_mixtures(mel, frames, clip, target, groups, torch.tensor([0, 0]), torch.tensor([10, 4]),
+                             1.0, 12.0, torch.Generator().manual_seed(0))
+    assert bool((out[:, :8] > mel[:, :8]).all()) and torch.equal(out[:, 8:], mel[:, 8:])
+    state = g.get_state()
+    assert mix_mixtures(mel, frames, clip, target, groups, torch.tensor([0, 0]), torch.tensor([10, 10]),
+                        0.0, 12.0, g)[0] is mel and torch.equal(g.get_state(), state)
+
+
+def test_mixing_needs_whole_mixtures():
+    mel, frames, clip, target, _ = _two_mixtures()
+    cfg = AugmentConfig(mix_prob=0.5)
+    with pytest.raises(ValueError, match="group_by_mixture"):
+        augment_batch({"mel": mel, "frame_labels": frames[:2], "clip_label": clip[:2]}, cfg,
+                      torch.Generator().manual_seed(0))

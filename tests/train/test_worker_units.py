@@ -1,5 +1,7 @@
 """Units of the training loop that need no Ray: the min-max through PhaseModel, references."""
 
+import math
+
 import torch
 
 from tsd_ray.common.config import DetectorConfig, DiscriminatorConfig
@@ -224,14 +226,14 @@ def test_cosine_learning_rate_falls_from_one_to_zero_and_is_a_function_of_the_st
     assert {lr_factor("constant", e, s, spe, 4) for e in range(4) for s in range(0, spe, 5)} == {1.0}
 
 
-def test_packed_batch_gives_the_losses_of_repeated_mixtures():
-    """A packed batch (each mixture once, samples pointing at it) trains on the same numbers as
-    the same samples with their mixture repeated: task loss, pseudo labels, KD and replay."""
+def _packed_setup(cfg=None):
+    """A pseudo-label phase with KD and replay, and a packed batch: an auxiliary (source, strong)
+    mixture with two samples first, then two main (target, weak) mixtures with three."""
     from tsd_ray.common.config import Config
     from tsd_ray.models.encoder import freeze
     from tsd_ray.train.losses import KDProjector
     from tsd_ray.train.phase import PhaseSpec
-    from tsd_ray.train.worker import Context, compute_losses, concat_batches
+    from tsd_ray.train.worker import Context, concat_batches
 
     torch.manual_seed(0)
     student = Detector(DET, 16, "none")
@@ -239,7 +241,7 @@ def test_packed_batch_gives_the_losses_of_repeated_mixtures():
     phase = PhaseSpec(name="p", student="f", train_split="target_train", val_split="target_val", loss="pseudo",
                       epochs=1, lr=1e-3, patience=1, kd_teacher="f.pt", pseudo_teacher="w.pt", replay=True)
     ctx = Context(
-        cfg=Config(), phase=phase, manifest={}, sources={}, device=torch.device("cpu"), model=core, core=core,
+        cfg=cfg or Config(), phase=phase, manifest={}, sources={}, device=torch.device("cpu"), model=core, core=core,
         optimizer=torch.optim.SGD(core.parameters(), lr=0.0),
         kd_teacher=freeze(Detector(DET, 16, "none")), pseudo_teacher=freeze(Detector(DET, 16, "linsoft")),
         refs=ReferenceTable(torch.randn(4, 6), torch.tensor([0, 1, 2, 3]), n_classes=4),
@@ -266,6 +268,15 @@ def test_packed_batch_gives_the_losses_of_repeated_mixtures():
     aux = part(aux_mel, torch.tensor([0, 0]), [3, 4], False)
     packed = concat_batches(aux, main)
     assert packed["mix"].tolist() == [0, 0, 2, 1, 2]
+    return ctx, packed
+
+
+def test_packed_batch_gives_the_losses_of_repeated_mixtures():
+    """A packed batch (each mixture once, samples pointing at it) trains on the same numbers as
+    the same samples with their mixture repeated: task loss, pseudo labels, KD and replay."""
+    from tsd_ray.train.worker import compute_losses
+
+    ctx, packed = _packed_setup()
     repeated = {k: v for k, v in packed.items() if k not in ("mix", "mix_domain", "mix_n_valid")}
     repeated["mel"] = packed["mel"][packed["mix"]]
     with torch.no_grad():
@@ -274,6 +285,35 @@ def test_packed_batch_gives_the_losses_of_repeated_mixtures():
     assert set(p_packed) == {"pseudo", "kd", "replay"}
     for k in p_packed:
         assert abs(p_packed[k] - p_repeated[k]) < 1e-5, (k, p_packed, p_repeated)
+
+
+def test_mixing_pairs_mixtures_of_one_domain_and_label_kind_and_trains_on_the_joined_labels(monkeypatch):
+    from tsd_ray.common.config import AugmentConfig, Config
+    from tsd_ray.train import augment
+    from tsd_ray.train.worker import compute_losses
+
+    seen = {}
+    real = augment.mix_mixtures
+
+    def spy(*args):
+        seen["pair_key"] = args[5].tolist()
+        out = real(*args)
+        seen["clip"] = out[2]
+        return out
+
+    monkeypatch.setattr(augment, "mix_mixtures", spy)
+    ctx, packed = _packed_setup(Config(augment=AugmentConfig(mix_prob=1.0)))
+    with torch.no_grad():
+        _, parts = compute_losses(ctx, packed)
+    # the auxiliary mixture (source, strong) has a key of its own; the two main ones share one
+    assert seen["pair_key"][1] == seen["pair_key"][2] != seen["pair_key"][0]
+    # main mixture 1 (targets 0 and 2) and 2 (target 1) have no class in common: labels kept
+    assert seen["clip"].tolist() == packed["clip_label"].tolist()
+    assert set(parts) == {"pseudo", "kd", "replay"} and all(math.isfinite(v) for v in parts.values())
+    ctx0, packed0 = _packed_setup()
+    with torch.no_grad():
+        _, parts0 = compute_losses(ctx0, packed0)
+    assert parts0["pseudo"] != parts["pseudo"]  # the main mixtures were mixed
 
 
 def test_clip_loss_keeps_its_gradient_when_every_frame_saturates():

@@ -176,6 +176,11 @@ class AugmentConfig:
     gain_db: float = 0.0
     eq_db: float = 0.0
     max_bin_shift: int = 0
+    # With probability mix_prob a training mixture gets another mixture of its batch (same
+    # domain and label kind) added at -mix_max_db..0 dB, labels joined per class (needs
+    # train.group_by_mixture). 0 = off.
+    mix_prob: float = 0.0
+    mix_max_db: float = 12.0
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,12 @@ frames (40 ms); output frame ``j`` covers input frames ``[2j, 2j + 2)``.
 * :func:`freq_mask` and :func:`time_mask` (SpecAugment-style) overwrite a band with the clip's
   mean level; they do not move time, so labels are unchanged (an event under a time mask keeps
   its label: the model must infer it from context, as in SpecAugment).
+* :func:`mix_mixtures` adds another training mixture of the batch (same domain, same kind of
+  labels) at -``max_db``..0 dB: the targets are heard over other recordings' events and
+  backgrounds. Labels become the union: a sample of class c gets the partner's labels of c
+  (its frame labels and clip label, maxed in), taken from the partner's own sample of c. That
+  is exact only when a batch holds whole mixtures: every class present in a mixture has a
+  positive sample (``tsd_ray.data.samples``), so a partner without a sample of c has no c.
 * :func:`gain_eq` (a level change and a smooth random EQ curve) and :func:`bin_shift` (a shift
   along the mel axis, about a semitone per bin in the mid range) change how a recording sounds,
   not when: labels are unchanged. They are what the reference encoder trains with too
@@ -34,7 +40,7 @@ from torch import Tensor
 
 from tsd_ray.common.config import AugmentConfig
 
-__all__ = ["augment_batch", "bin_shift", "freq_mask", "gain_eq", "time_mask", "time_shift"]
+__all__ = ["augment_batch", "bin_shift", "freq_mask", "gain_eq", "mix_mixtures", "time_mask", "time_shift"]
 
 
 def _randint(low: int, high: int, size: int, generator: torch.Generator) -> Tensor:
@@ -133,6 +139,61 @@ def time_mask(mel: Tensor, max_width_frames: int, generator: torch.Generator) ->
     return _band_mask(mel, 1, max_width_frames, generator)
 
 
+def mix_mixtures(
+    mel: Tensor,
+    frame_labels: Tensor,
+    clip_label: Tensor,
+    target_idx: Tensor,
+    groups: Tensor,
+    pair_key: Tensor,
+    n_valid: Tensor,
+    prob: float,
+    max_db: float,
+    generator: torch.Generator,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Mix each mixture row, with probability ``prob``, with another row of the same ``pair_key``.
+
+    Args:
+        mel: (U, T, F) one row per mixture (natural-log mel).
+        frame_labels, clip_label, target_idx: (N, T'), (N,), (N,) per sample.
+        groups: (N,) the mixture row of each sample.
+        pair_key: (U,) rows mix only with rows of the same key (domain and label kind).
+        n_valid: (U,) valid output frames of each row; only the frames valid in both are mixed.
+        prob, max_db: mixing probability; the partner's level, uniform in -max_db..0 dB.
+
+    Returns ``(mel, frame_labels, clip_label)``, new tensors; the inputs are not changed.
+    Draws nothing when ``prob`` is 0 or there is one row.
+    """
+    u = mel.shape[0]
+    if prob <= 0 or u < 2:
+        return mel, frame_labels, clip_label
+    draw = torch.rand(u, generator=generator)
+    level = -max_db * torch.rand(u, generator=generator)  # dB
+    pick = torch.rand(u, generator=generator)
+    keys = pair_key.tolist()
+    partner = [-1] * u
+    for i in range(u):
+        others = [j for j in range(u) if j != i and keys[j] == keys[i]]
+        if float(draw[i]) < prob and others:
+            partner[i] = others[min(int(float(pick[i]) * len(others)), len(others) - 1)]
+    new_mel = mel.clone()
+    to_log = math.log(10.0) / 10.0
+    for i, j in enumerate(partner):
+        if j >= 0:
+            t = 2 * int(min(n_valid[i], n_valid[j]))  # input frames valid in both
+            mixed = torch.logaddexp(mel[i, :t].float(), mel[j, :t].float() + float(level[i]) * to_log)
+            new_mel[i, :t] = mixed.to(mel.dtype)
+    owner = groups.tolist()
+    sample_of = {(g, int(c)): n for n, (g, c) in enumerate(zip(owner, target_idx.tolist(), strict=True))}
+    frames, clips = frame_labels.clone(), clip_label.clone()
+    for n, (g, c) in enumerate(zip(owner, target_idx.tolist(), strict=True)):
+        m = sample_of.get((partner[g], int(c))) if partner[g] >= 0 else None
+        if m is not None:
+            frames[n] = torch.maximum(frames[n], frame_labels[m])
+            clips[n] = torch.maximum(clips[n], clip_label[m])
+    return new_mel, frames, clips
+
+
 def gain_eq(mel: Tensor, gain_db: float, eq_db: float, generator: torch.Generator) -> Tensor:
     """Per row, a gain of ``± gain_db`` and a smooth EQ curve over the mel bins (two cosine
     terms, ``± eq_db`` at its extremes). Mels are natural-log: ``dB / 10 * ln(10)`` is the
@@ -172,7 +233,9 @@ def augment_batch(
     shift. Every other key passes through unchanged (clip labels, ids, domains...).
     ``groups`` (N,): the frame tensors hold N rows, row ``n`` belonging to ``mel`` row
     ``groups[n]`` (a packed batch: each mixture once, its samples moved with it).
-    Order: time shift, frequency mask, time mask, gain + EQ, mel-bin shift.
+    Mixing (``cfg.mix_prob`` > 0) needs ``groups`` and the keys ``clip_label``,
+    ``target_idx`` (per sample) and ``pair_key`` (per mixture row); it mixes ``frame_labels``.
+    Order: time shift, mixing, frequency mask, time mask, gain + EQ, mel-bin shift.
     """
     if "mel" not in batch:
         raise KeyError(f"augment_batch: batch has no 'mel' (keys: {sorted(batch)})")
@@ -184,6 +247,16 @@ def augment_batch(
             mel, [batch[k] for k in keys], cfg.time_shift_frames, generator, batch.get("frame_mask"), groups
         )
         out.update(zip(keys, moved, strict=True))
+    if cfg.mix_prob > 0:
+        if groups is None:
+            raise ValueError("augment.mix_prob needs batches of whole mixtures (train.group_by_mixture: true): "
+                             "a lone sample does not say which classes its mixture holds")
+        missing = [k for k in ("clip_label", "target_idx", "pair_key", "frame_mask") if batch.get(k) is None]
+        if missing:
+            raise KeyError(f"augment_batch: mixing needs {missing}")
+        mel, out["frame_labels"], out["clip_label"] = mix_mixtures(
+            mel, out["frame_labels"], batch["clip_label"], batch["target_idx"], groups, batch["pair_key"],
+            batch["frame_mask"].sum(dim=1), cfg.mix_prob, cfg.mix_max_db, generator)
     mel = freq_mask(mel, cfg.freq_mask_bins, generator)
     mel = time_mask(mel, cfg.time_mask_frames, generator)
     mel = gain_eq(mel, cfg.gain_db, cfg.eq_db, generator)

@@ -228,11 +228,16 @@ def compute_losses(ctx: Context, batch: dict[str, torch.Tensor]) -> tuple[torch.
     else:
         groups, mix_mask, mix_domain = None, valid_mask(batch["n_valid"], n_out), batch["domain"]
     mask = mix_mask if groups is None else mix_mask[groups]  # (B, T')
-    aug = augment.augment_batch(
-        {"mel": mel, "frame_labels": batch["frame_labels"], "frame_mask": mix_mask}, ctx.cfg.augment, ctx.gen,
-        groups=groups,
-    )
+    parts_in = {"mel": mel, "frame_labels": batch["frame_labels"], "frame_mask": mix_mask}
+    if ctx.cfg.augment.mix_prob > 0 and groups is not None:
+        # mixtures mix within their domain and kind of labels: strong with strong, weak with weak
+        kind = torch.zeros(mel.shape[0], dtype=torch.long)
+        kind[groups] = batch["has_strong"].long()
+        parts_in.update(clip_label=batch["clip_label"], target_idx=batch["target_idx"],
+                        pair_key=mix_domain.long() * 2 + kind)
+    aug = augment.augment_batch(parts_in, ctx.cfg.augment, ctx.gen, groups=groups)
     mel, labels = aug["mel"], aug["frame_labels"]
+    clip_label = aug.get("clip_label", batch["clip_label"])
     emb = ctx.refs.lookup(batch["ref_idx"], batch["target_idx"], ctx.gen)  # (B, E)
     main = batch["is_main"].bool()
     m = main
@@ -264,14 +269,14 @@ def compute_losses(ctx: Context, batch: dict[str, torch.Tensor]) -> tuple[torch.
                     # LinSoft BCE from the frame logits in the log domain: no clamp, so a
                     # saturated clip keeps its gradient
                     parts["clip"] = losses.clip_bce_from_logits(
-                        out.frame_logits[m], batch["clip_label"][m], mask[m]
+                        out.frame_logits[m], clip_label[m], mask[m]
                     )
                 else:  # an f student's clip_prob is the max over frames
-                    parts["clip"] = losses.clip_bce(out.clip_prob[m], batch["clip_label"][m])
+                    parts["clip"] = losses.clip_bce(out.clip_prob[m], clip_label[m])
             elif phase.loss == "pseudo":
                 with torch.no_grad():
                     t = teacher(ctx.pseudo_teacher)
-                targets = losses.pseudo_labels(t.frame_probs, batch["clip_label"][m])
+                targets = losses.pseudo_labels(t.frame_probs, clip_label[m])
                 parts["pseudo"] = losses.frame_bce(out.frame_logits[m], targets, mask[m])
             if kd is not None:
                 parts["kd"] = phase.alpha_kd * kd
