@@ -231,7 +231,7 @@ def compute_losses(ctx: Context, batch: dict[str, torch.Tensor]) -> tuple[torch.
     parts_in = {"mel": mel, "frame_labels": batch["frame_labels"], "frame_mask": mix_mask}
     if ctx.cfg.augment.mix_prob > 0 and groups is not None:
         # mixtures mix within their domain and kind of labels: strong with strong, weak with weak
-        kind = torch.zeros(mel.shape[0], dtype=torch.long)
+        kind = torch.zeros(mel.shape[0], dtype=torch.long, device=mel.device)
         kind[groups] = batch["has_strong"].long()
         parts_in.update(clip_label=batch["clip_label"], target_idx=batch["target_idx"],
                         pair_key=mix_domain.long() * 2 + kind)
