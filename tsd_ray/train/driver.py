@@ -8,6 +8,8 @@ old result at once.
 
 from __future__ import annotations
 
+import signal
+import threading
 import zlib
 from dataclasses import dataclass
 
@@ -200,12 +202,29 @@ def fit_trainer(loop, loop_config: dict, tc: TrainConfig, *, name: str, storage_
         datasets=datasets,
         dataset_config=data_config(datasets, tc.reproducible, split=split),
     )
-    result = trainer.fit()
+    result = _fit_releasing_controller(trainer)
     if result.error is not None:
         raise result.error
     if result.checkpoint is None:
         raise RuntimeError(f"{name}: finished without a checkpoint")
     return result
+
+
+def _fit_releasing_controller(trainer):
+    """``trainer.fit()``, then the SIGINT handler restored.
+
+    Ray Train 2.60's ``fit`` installs a SIGINT handler (a Ctrl-C aborts the run gracefully)
+    whose closure holds the run's controller actor, and leaves it installed: the controller,
+    a ~0.5 GB process, then lives on until the next ``fit`` replaces the handler, and the last
+    one until the job ends. Restoring the handler releases it when its run is over.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return trainer.fit()  # fit installs no handler off the main thread
+    before = signal.getsignal(signal.SIGINT)
+    try:
+        return trainer.fit()
+    finally:
+        signal.signal(signal.SIGINT, before)
 
 
 def run_phase(
