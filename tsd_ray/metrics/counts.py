@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 
-def file_label(ref: Sequence[dict], est: Sequence[dict]) -> tuple[str, ...]:
+def file_labels(ref: Sequence[dict], est: Sequence[dict]) -> tuple[str, ...]:
     """The labels a file's reference and system events carry, sorted."""
     return tuple(sorted({e["event_label"] for e in ref} | {e["event_label"] for e in est}))
 
@@ -84,7 +84,7 @@ def add_one_label_files(seg: Any, ev: Any, files: Sequence[tuple[str, list, list
     res = float(segment_s)
     n_classes = len(classes)
     for fid, ref, est, duration in files:
-        labels = file_label(ref, est)
+        labels = file_labels(ref, est)
         if len(labels) > 1:
             raise ValueError(f"file {fid!r} holds labels {list(labels)}: only one-label files are counted here")
         n_segments = int(math.ceil(duration * 1 / res))

@@ -38,9 +38,11 @@ sed_eval behaviour worth knowing (checked against sed_eval 0.2.1 and tested):
 * Collar tests are ``|Δ| <= collar`` on floats, and segment boundaries use ``ceil``, so
   event times are rounded to the microsecond (``frame * hop`` is not exact in binary
   floating point: ``30 * 0.04 = 1.2000000000000002``).
-* sed_eval loops over all classes for every file (cost grows with the class count);
-  :func:`sed_eval_metrics` evaluates files by their own labels and sums the counters
-  exactly (see there), a 3-10x speed-up.
+* sed_eval loops over all classes for every file (cost grows with the class count), and
+  its per-file Python is most of a post-processing grid's time. :func:`sed_eval_metrics`
+  counts one-label files (every TSD sample) directly (:mod:`tsd_ray.metrics.counts`) and
+  evaluates other files by their own labels, summing the counters exactly (see there); the
+  scores are still sed_eval's, from those counters.
 * sed_eval raises ``ValueError`` on labels outside ``event_label_list`` and requires
   ``float`` settings (``time_resolution=1`` is rejected); both are checked here first with
   messages naming the sample.
@@ -59,7 +61,7 @@ from typing import Any, Literal
 import numpy as np
 
 from tsd_ray.common.types import Event, Seconds
-from tsd_ray.metrics.counts import add_one_label_files, file_label
+from tsd_ray.metrics.counts import add_one_label_files, file_labels
 from tsd_ray.metrics.postprocess import (
     TIME_DECIMALS,
     PostProcessing,
@@ -249,8 +251,9 @@ def sed_eval_metrics(
       count sed_eval keeps is additive over files, and a class absent from a file only adds
       true-negative segments, which are added back exactly (3-10x faster than plain);
     * ``"direct"`` (default): files with at most one label (every TSD sample) are counted by
-      :mod:`tsd_ray.metrics.counts` without sed_eval, the others as in ``"grouped"``
-      (another ~10x).
+      :mod:`tsd_ray.metrics.counts` without sed_eval, the others as in ``"grouped"`` (with
+      each median window filtered once, a 40-point grid over 775 real validation samples
+      took 1.8 s instead of 12.9 s).
 
     All three give identical counters (``tests/metrics/test_scoring.py``), and the scores are
     always computed by sed_eval from them.
@@ -267,7 +270,7 @@ def sed_eval_metrics(
 
     groups: dict[tuple[str, ...], list[SedEvalFile]] = {}
     for f in files:
-        labels = file_label(f[1], f[2])
+        labels = file_labels(f[1], f[2])
         if not set(labels) <= set(classes):
             raise ValueError(
                 f"file {f[0]!r}: labels {sorted(set(labels) - set(classes))} not in classes"
