@@ -11,6 +11,7 @@ defaults are clean, realistic rows. ``missing_audio`` names files whose audio is
 - :func:`write_audioset_fixture`: ``audioset_train_strong.tsv`` + ``mid_to_display_name.tsv``.
 - :func:`write_reference_fixture`: reference TSV + isolated clips.
 - :func:`write_spec_fixture`: a whole dataset (all roles, all formats) and its spec YAML.
+- :func:`random_scored_samples`: scored TSD samples (frame probabilities + true events) for the metrics.
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 import yaml
+
+from tsd_ray.common.types import Event
+from tsd_ray.metrics.scoring import ScoredSample
 
 Row = Sequence[str] | str
 
@@ -458,15 +462,12 @@ def random_scored_samples(
     frames: int = 120,
     frame_hop_s: float = 0.04,
     decimals: int | None = 2,
-) -> list:
+) -> list[ScoredSample]:
     """TSD samples (``tsd_ray.metrics.scoring.ScoredSample``) with seeded events and scores that a
     plausible detector could give: a smooth noise floor, raised (by a random amount, sometimes
     shifted or cut short) over each true event, and a few spurious bumps. Two in three samples
     hold 1-2 events of their target (apart, as sed_scores_eval requires); the rest are negatives. Scores are rounded to
     ``decimals`` places (None: not rounded)."""
-    from tsd_ray.common.types import Event
-    from tsd_ray.metrics.scoring import ScoredSample
-
     rng = np.random.default_rng(seed)
     out = []
     for c in classes:
