@@ -9,7 +9,7 @@ from factory import random_scored_samples
 
 from tsd_ray.common.types import Event
 from tsd_ray.metrics import intersection
-from tsd_ray.metrics.intersection import PSDS1, intersection_f, psd_roc_area, psds
+from tsd_ray.metrics.intersection import intersection_f, intersection_scores, psd_roc_area, psds
 from tsd_ray.metrics.scoring import ScoredSample
 
 HOP = 0.1
@@ -124,6 +124,15 @@ def test_intersection_f_equals_sed_scores_eval(fixture_samples):
     assert got == pytest.approx(GOLDEN["f_05_median5"], abs=1e-9)
 
 
+def test_both_scores_from_one_preparation_equal_each_alone(fixture_samples):
+    samples, classes = fixture_samples
+    kw = {"classes": classes, "frame_hop_s": 0.04, "median_frames": 5}
+    both_psds, both_f = intersection_scores(samples, threshold=0.5, **kw)
+    assert both_psds.value == pytest.approx(GOLDEN["psds1_median5"], abs=1e-12)
+    assert both_f == intersection_f(samples, threshold=0.5, **kw)
+    assert both_f["f"] == pytest.approx(GOLDEN["f_05_median5"], abs=1e-9)
+
+
 def test_long_recordings_are_counted_in_chunks_of_levels(fixture_samples, monkeypatch):
     samples, classes = fixture_samples
     whole = psds(samples, classes=classes, frame_hop_s=0.04)
@@ -140,4 +149,3 @@ def test_bad_input_is_named():
         _f([s], dtc=0.0)
     with pytest.raises(ValueError, match="duplicate sample_id 's'"):
         psds([s, s], classes=["a"], frame_hop_s=HOP)
-    assert PSDS1 == {"dtc": 0.7, "gtc": 0.7, "alpha_st": 1.0, "max_efpr": 100.0}

@@ -289,31 +289,39 @@ def test_packed_batch_gives_the_losses_of_repeated_mixtures():
 
 def test_mixing_pairs_mixtures_of_one_domain_and_label_kind_and_trains_on_the_joined_labels(monkeypatch):
     from tsd_ray.common.config import AugmentConfig, Config
-    from tsd_ray.train import augment
+    from tsd_ray.train import augment, losses
     from tsd_ray.train.worker import compute_losses
 
     seen = {}
-    real = augment.mix_mixtures
+    real_mix, real_pseudo = augment.mix_mixtures, losses.pseudo_labels
 
-    def spy(*args):
+    def spy_mix(*args):
         seen["pair_key"] = args[5].tolist()
-        out = real(*args)
-        seen["clip"] = out[2]
-        return out
+        return real_mix(*args)
 
-    monkeypatch.setattr(augment, "mix_mixtures", spy)
+    def spy_pseudo(frame_probs, clip_label):
+        seen["pseudo_clip"] = clip_label.tolist()
+        return real_pseudo(frame_probs, clip_label)
+
+    monkeypatch.setattr(augment, "mix_mixtures", spy_mix)
+    monkeypatch.setattr(losses, "pseudo_labels", spy_pseudo)
     ctx, packed = _packed_setup(Config(augment=AugmentConfig(mix_prob=1.0)))
+    # Main samples 2-4: mixture 2 holds classes 0 (clip 1) and 2 (clip 1); mixture 1 class 1
+    # (clip 0). Make mixture 1's sample a negative of class 2: mixed with mixture 2 (the only
+    # other main mixture) it becomes a positive.
+    packed["target_idx"] = packed["target_idx"].clone()
+    packed["target_idx"][3] = 2
+    assert packed["clip_label"][2:].tolist() == [1.0, 0.0, 1.0]
     with torch.no_grad():
         _, parts = compute_losses(ctx, packed)
     # the auxiliary mixture (source, strong) has a key of its own; the two main ones share one
     assert seen["pair_key"][1] == seen["pair_key"][2] != seen["pair_key"][0]
-    # main mixture 1 (targets 0 and 2) and 2 (target 1) have no class in common: labels kept
-    assert seen["clip"].tolist() == packed["clip_label"].tolist()
+    assert seen["pseudo_clip"] == [1.0, 1.0, 1.0]  # the pseudo labels see the joined clip label
     assert set(parts) == {"pseudo", "kd", "replay"} and all(math.isfinite(v) for v in parts.values())
-    ctx0, packed0 = _packed_setup()
+    ctx0, _ = _packed_setup()
     with torch.no_grad():
-        _, parts0 = compute_losses(ctx0, packed0)
-    assert parts0["pseudo"] != parts["pseudo"]  # the main mixtures were mixed
+        compute_losses(ctx0, packed)
+    assert seen["pseudo_clip"] == [1.0, 0.0, 1.0]  # without mixing: the sample's own label
 
 
 def test_clip_loss_keeps_its_gradient_when_every_frame_saturates():

@@ -8,7 +8,7 @@ import torch
 from tsd_ray.common.config import EvalConfig
 from tsd_ray.common.ray_env import cluster_gpus, ensure_ray, map_with_actors, quiet_worker_process
 from tsd_ray.data.shards import Manifest, read_samples
-from tsd_ray.metrics.intersection import INTERSECTION_F, PSDS1, intersection_f, psds
+from tsd_ray.metrics.intersection import INTERSECTION_F, PSDS1, intersection_scores
 from tsd_ray.metrics.scoring import score_samples, scored_samples_from_batch, tune_postprocessing
 from tsd_ray.models import checkpoint as ckpt
 from tsd_ray.train.validation import load_reference_table, predict_batches
@@ -73,10 +73,8 @@ def evaluate_model(model_uri: str, manifest: Manifest, embeddings_uri: str, ev: 
     )
     test = predict_split(model_uri, manifest, embeddings_uri, split)
     scores = score_samples(test, pp, classes=classes, **kw)
-    hop = manifest.output_hop_s
-    psds1 = psds(test, classes=classes, frame_hop_s=hop, median_frames=pp.median_frames, **PSDS1)
-    inter = intersection_f(test, classes=classes, frame_hop_s=hop, threshold=pp.threshold,
-                           median_frames=pp.median_frames, **INTERSECTION_F)
+    psds1, inter = intersection_scores(test, classes=classes, frame_hop_s=manifest.output_hop_s,
+                                       threshold=pp.threshold, median_frames=pp.median_frames)
     per_class = {c: {**v, "psds1": psds1.per_class[c]["psds"], "intersection_f": inter["per_class"][c]["f"]}
                  for c, v in scores.per_class.items()}
     return {

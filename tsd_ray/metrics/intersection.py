@@ -236,11 +236,16 @@ def psds(
     threshold is what PSDS sweeps). ``classes`` lists the classes to average over; those with
     no true event among the samples are left out (``classes_scored`` names the others).
     """
+    return _psds(_by_class(samples, classes, frame_hop_s, median_frames), frame_hop_s, dtc, gtc, alpha_st, max_efpr)
+
+
+def _psds(by_class: dict[str, list[_Sample]], frame_hop_s: Seconds, dtc: float, gtc: float, alpha_st: float,
+          max_efpr: float) -> PSDSResult:
     _check_criteria(dtc, gtc)
     if max_efpr <= 0 or alpha_st < 0:
         raise ValueError(f"need max_efpr > 0 and alpha_st >= 0; got {max_efpr}, {alpha_st}")
     rocs, per_class = {}, {}
-    for c, members in _by_class(samples, classes, frame_hop_s, median_frames).items():
+    for c, members in by_class.items():
         n_true = sum(sm.true_s.size for sm in members)
         hours = sum(sm.duration_s for sm in members) / _SECONDS_PER_HOUR
         entry: dict = {"n_true_events": n_true, "hours": hours, "psds": float("nan")}
@@ -273,10 +278,16 @@ def intersection_f(
     """Intersection-based F (%) at one post-processing (frames with filtered score ``> threshold``,
     as :func:`tsd_ray.metrics.postprocess.postprocess` decides): ``{"f": macro over classes with
     true events, "per_class": {c: {"f", "precision", "recall", "tp", "fp", "n_true_events"}}}``."""
+    return _intersection_f(_by_class(samples, classes, frame_hop_s, median_frames), frame_hop_s, threshold,
+                           median_frames, dtc, gtc)
+
+
+def _intersection_f(by_class: dict[str, list[_Sample]], frame_hop_s: Seconds, threshold: float, median_frames: int,
+                    dtc: float, gtc: float) -> dict:
     _check_criteria(dtc, gtc)
     level = np.asarray([float(threshold)])
     per_class = {}
-    for c, members in _by_class(samples, classes, frame_hop_s, median_frames).items():
+    for c, members in by_class.items():
         tp = fp = n_true = 0
         for sm in members:
             t, f = _counts(sm, level, frame_hop_s, dtc, gtc, strict=True)
@@ -288,3 +299,15 @@ def intersection_f(
     scored = [v["f"] for v in per_class.values() if v["n_true_events"] > 0]
     return {"f": float(np.mean(scored)) if scored else float("nan"), "per_class": per_class,
             "dtc": dtc, "gtc": gtc, "threshold": float(threshold), "median_frames": median_frames}
+
+
+def intersection_scores(
+    samples: Sequence[ScoredSample], *, classes: Sequence[str], frame_hop_s: Seconds, threshold: float,
+    median_frames: int = 1,
+) -> tuple[PSDSResult, dict]:
+    """PSDS1 (:func:`psds`) and the intersection-based F at ``threshold`` (:func:`intersection_f`)
+    with the DCASE criteria, from one preparation of the samples (median filter and event
+    overlaps computed once)."""
+    by_class = _by_class(samples, classes, frame_hop_s, median_frames)
+    return (_psds(by_class, frame_hop_s, **PSDS1),
+            _intersection_f(by_class, frame_hop_s, threshold, median_frames, **INTERSECTION_F))

@@ -481,7 +481,8 @@ def score_samples(
 
 
 def _score_grid(samples: list[ScoredSample], grid: Sequence[PostProcessing], *, classes: Sequence[str],
-                frame_hop_s: Seconds = 0.04, **kw: Any) -> list[Scores]:
+                frame_hop_s: Seconds = 0.04, segment_s: Seconds = 1.0, t_collar_s: Seconds = 0.2,
+                percentage_of_length: float = 0.2) -> list[Scores]:
     """:func:`score_samples` at every grid point, each median filter applied once per sample."""
     _check_samples(samples, classes)
     filtered: dict[int, list[np.ndarray]] = {}
@@ -497,7 +498,9 @@ def _score_grid(samples: list[ScoredSample], grid: Sequence[PostProcessing], *, 
                 filtered[pp.median_frames].append(median_filter(x, pp.median_frames))
         estimates = {s.sample_id: frames_to_events(f > pp.threshold, frame_hop_s=frame_hop_s, label=s.target)
                      for s, f in zip(samples, filtered[pp.median_frames], strict=True)}
-        out.append(_score_estimates(samples, estimates, pp, classes=classes, frame_hop_s=frame_hop_s, **kw))
+        out.append(_score_estimates(samples, estimates, pp, classes=classes, frame_hop_s=frame_hop_s,
+                                    segment_s=segment_s, t_collar_s=t_collar_s,
+                                    percentage_of_length=percentage_of_length))
     return out
 
 
@@ -554,8 +557,7 @@ def tune_postprocessing(
     samples = list(val_samples)
     kwargs = {"classes": list(classes), **score_kwargs}
     if num_jobs == 1 or len(grid) == 1:
-        results = _score_grid(samples, grid, **{"segment_s": 1.0, "t_collar_s": 0.2,
-                                                "percentage_of_length": 0.2, **kwargs})
+        results = _score_grid(samples, grid, **kwargs)
     else:
         ctx = multiprocessing.get_context("spawn")
         with concurrent.futures.ProcessPoolExecutor(
