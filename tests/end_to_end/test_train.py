@@ -207,3 +207,48 @@ def test_corrupt_checkpoint_is_named(tmp_path):
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(ckpt.CheckpointError, match="model.pt"):
         ckpt.load_payload(str(bad))
+
+
+def test_joint_fine_tuning_chains_the_encoder_down_the_phases_and_evaluates_with_it(trained):
+    """encoder.joint on 2 workers: phase 1 trains the whole encoder ("all") with the detector,
+    phase 2 starts from phase 1's student and its encoder ("head", with phase 1 as KD teacher),
+    and evaluation embeds the references with the student's own encoder."""
+    import pyarrow.parquet as pq
+
+    from tsd_ray.evaluate.predict import evaluate_model
+    from tsd_ray.train.driver import run_phase
+
+    def cfg_with(mode):
+        c = trained["cfg"]
+        return dataclasses.replace(c, encoder=dataclasses.replace(c.encoder, joint=mode, joint_lr_scale=1.0))
+
+    runs, manifest = str(trained["root"] / "runs"), trained["manifest"]
+    pretrained = ckpt.load_payload(trained["encoder"])["state_dict"]
+    cfg = cfg_with("all")
+    spec1 = make_phase(cfg, "f_source", "j1", student="f", train_split="source_train", val_split="source_val",
+                       loss="frame").with_(epochs=2, patience=10, lr=3e-3)
+    r1 = run_phase(cfg, spec1, manifest, trained["embeddings"], storage_path=runs, run_name="joint",
+                   encoder_uri=trained["encoder"])
+    enc1 = ckpt.load_payload(r1.model_uri)["encoder"]
+    assert enc1["meta"]["fine_tuned_in"] == "j1" and enc1["meta"]["joint"] == "all"
+    changed = {k for k in pretrained if not torch.equal(pretrained[k], enc1["state_dict"][k])}
+    assert "conv_block1.conv1.weight" in changed and "fc_embedding.weight" in changed
+    assert not any(k.startswith("fc_classifier.") for k in changed)
+
+    cfg = cfg_with("head")
+    spec2 = make_phase(cfg, "w_source", "j2", student="w", train_split="source_train", val_split="source_val",
+                       loss="clip", init=r1.model_uri, kd_teacher=r1.model_uri).with_(epochs=1, patience=10)
+    r2 = run_phase(cfg, spec2, manifest, trained["embeddings"], storage_path=runs, run_name="joint",
+                   encoder_uri=trained["encoder"])
+    enc2 = ckpt.load_payload(r2.model_uri)["encoder"]["state_dict"]
+    # phase 2 went on from phase 1's encoder: its trunk (frozen under "head") is phase 1's
+    assert all(torch.equal(enc2[k], enc1["state_dict"][k]) for k in enc2 if k.startswith("conv_block"))
+    assert not torch.equal(enc2["fc_embedding.weight"], enc1["state_dict"]["fc_embedding.weight"])
+
+    ev = evaluate_model(r2.model_uri, manifest, trained["embeddings"], trained["cfg"].eval,
+                        split="source_val", val_split="source_train")
+    assert 0.0 <= ev["encoder_loo"] <= 1.0 and 0.0 <= ev["event_f"] <= 100.0
+    own = pq.read_table(f"{r2.model_uri}.embeddings.parquet")
+    run_table = pq.read_table(trained["embeddings"])
+    assert own.column("reference_id").to_pylist() == run_table.column("reference_id").to_pylist()
+    assert own.column("embedding").to_pylist() != run_table.column("embedding").to_pylist()

@@ -16,7 +16,7 @@ def fake_run(tmp_path, monkeypatch):
     cfg = load_config("tiny", ["method.max_iterations=1", f"run.storage={tmp_path}"])
     trained = []
 
-    def fake_run_phase(cfg_, spec, manifest, embeddings, storage_path, run_name):
+    def fake_run_phase(cfg_, spec, manifest, embeddings, storage_path, run_name, encoder_uri=None):
         trained.append(spec)
         return types.SimpleNamespace(
             model_uri=f"{storage_path}/{run_name}-{spec.name}/model.pt", checkpoint_uri=None,
@@ -98,7 +98,7 @@ def test_final_student_best_takes_the_w_student_only_when_it_validates_higher(fa
     run, trained = fake_run
     scores = {"p3_w_target": 20.0, "p4_f_target": 22.0, "it1_w": 25.0, "it1_f": 21.0}
 
-    def fake_run_phase(cfg_, spec, manifest, embeddings, storage_path, run_name):
+    def fake_run_phase(cfg_, spec, manifest, embeddings, storage_path, run_name, encoder_uri=None):
         trained.append(spec)
         return types.SimpleNamespace(
             model_uri=f"{storage_path}/{run_name}-{spec.name}/model.pt", checkpoint_uri=None,
@@ -126,7 +126,7 @@ def test_the_loop_stops_on_the_reported_students_validation_score(fake_run, monk
     scores = {"p3_w_target": 20.0, "p4_f_target": 22.0, "it1_w": 25.0, "it1_f": 21.0,
               "it2_w": 24.0, "it2_f": 23.0, "it3_w": 31.0, "it3_f": 30.0}
 
-    def fake_run_phase(cfg_, spec, manifest, embeddings, storage_path, run_name):
+    def fake_run_phase(cfg_, spec, manifest, embeddings, storage_path, run_name, encoder_uri=None):
         trained.append(spec.name.split("-", 1)[1])
         return types.SimpleNamespace(
             model_uri=f"{storage_path}/{run_name}-{spec.name}/model.pt", checkpoint_uri=None,

@@ -95,6 +95,14 @@ class EncoderConfig:
     train_on: Literal["references", "all"] = "references"
     weak_fraction: float = 0.25  # share of the weak clips trained on per epoch (train_on: all)
     mix_prob: float = 0.5  # probability of mixing an item with another (train_on: all)
+    # Joint fine-tuning with the detector (tsd_ray/train/joint.py): "off" = the pretrained
+    # encoder stays frozen and every phase reads its embedding table; "head" = the layers after
+    # the conv trunk (fc1, fc_embedding) train with each phase's detector loss (the trunk's
+    # pooled outputs of the reference pool are computed once per phase: cheap on CPU); "all" =
+    # the whole encoder runs on each batch's references and trains (the cost of an encoder step
+    # per detector step: for GPUs). The fine-tuned encoder travels in the student's model file.
+    joint: Literal["off", "head", "all"] = "off"
+    joint_lr_scale: float = 0.1  # encoder learning rate = the phase's learning rate x this
 
 
 @dataclass(frozen=True)

@@ -164,6 +164,21 @@ def reference_ids(manifest: Manifest) -> list[str]:
     return ids
 
 
+def reference_mels(manifest: Manifest) -> tuple[list[str], np.ndarray]:
+    """Labels and log-mels (N, T_ref, F) of the reference pool in table order, read with
+    pyarrow alone: the whole pool, small enough for every training worker to hold."""
+    labels: list[str] = []
+    mels: list[np.ndarray] = []
+    for f in manifest.files("references"):
+        t = open_shard(f).read(columns=["label", "mel"])
+        labels += t.column("label").to_pylist()
+        for chunk in t.column("mel").chunks:
+            mels.append(chunk.to_numpy_ndarray())
+    if not mels:
+        raise FeaturesError(f"{manifest.uri}: the features hold no reference clips; rebuild them")
+    return labels, np.concatenate(mels).astype(np.float32, copy=False)
+
+
 def expand_batch(
     batch: dict[str, np.ndarray],
     *,

@@ -11,6 +11,7 @@ from tsd_ray.data.shards import Manifest, read_samples
 from tsd_ray.metrics.intersection import INTERSECTION_F, PSDS1, intersection_scores
 from tsd_ray.metrics.scoring import score_samples, scored_samples_from_batch, tune_postprocessing
 from tsd_ray.models import checkpoint as ckpt
+from tsd_ray.train.encoder import embed_references, embedding_quality
 from tsd_ray.train.validation import load_reference_table, predict_batches
 
 
@@ -62,8 +63,14 @@ def evaluate_model(model_uri: str, manifest: Manifest, embeddings_uri: str, ev: 
     "psds1" (0-1, on the scores after the tuned median filter: the threshold is what it
     sweeps) and "intersection_f" (%, dtc = gtc = 0.5, at the tuned post-processing); each
     class's entry in "per_class" gets its "psds1" and "intersection_f" too.
-    """
 
+    A student trained with joint fine-tuning carries its encoder: the reference pool is then
+    embedded by it (``<model_uri>.embeddings.parquet``, in place of ``embeddings_uri``) and
+    "encoder_loo" records that table's leave-one-out nearest-centroid accuracy.
+    """
+    own_encoder = isinstance(ckpt.load_payload(model_uri).get("encoder"), dict)
+    if own_encoder:
+        embeddings_uri = embed_references(model_uri, manifest, f"{model_uri}.embeddings.parquet")
     classes = manifest.target_classes if split.startswith("target") else manifest.source_classes
     kw = score_kwargs(ev, manifest.output_hop_s)
     val = predict_split(model_uri, manifest, embeddings_uri, val_split)
@@ -77,7 +84,9 @@ def evaluate_model(model_uri: str, manifest: Manifest, embeddings_uri: str, ev: 
                                        threshold=pp.threshold, median_frames=pp.median_frames)
     per_class = {c: {**v, "psds1": psds1.per_class[c]["psds"], "intersection_f": inter["per_class"][c]["f"]}
                  for c, v in scores.per_class.items()}
+    extra = {"encoder_loo": embedding_quality(embeddings_uri)["accuracy"]} if own_encoder else {}
     return {
+        **extra,
         "split": split,
         "segment_f": float(scores.segment_f),
         "event_f": float(scores.event_f),

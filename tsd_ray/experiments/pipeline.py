@@ -104,6 +104,7 @@ class Run:
         self.manifest = manifest
         self.ledger = Ledger.open(self.dir, result_digest(cfg))
         self.embeddings: str | None = None
+        self.encoder_uri: str | None = None  # the pretrained encoder (joint fine-tuning starts there)
         self.encoder_quality: dict | None = None
         self.environment = environment.describe()
         environment.record(self.dir, self.environment)
@@ -133,6 +134,7 @@ class Run:
             return {"uri": uri, "quality": embedding_quality(uri)}
 
         emb = self.step("embeddings", embed)
+        self.encoder_uri = enc["model_uri"]
         self.embeddings = emb["uri"]
         q = emb.get("quality") or embedding_quality(self.embeddings)  # ledgers of earlier versions lack it
         self.encoder_quality = q
@@ -155,7 +157,7 @@ class Run:
 
         def go():
             r = run_phase(self.cfg, spec, self.manifest, self.embeddings, storage_path=self.root,
-                          run_name=self.cfg.run.name)
+                          run_name=self.cfg.run.name, encoder_uri=self.encoder_uri)
             return {"model_uri": r.model_uri, "checkpoint_uri": r.checkpoint_uri,
                     "best_val_score": r.best_val_score, "best_metrics": r.best_metrics,
                     "history": r.history, "student": spec.student, "phase_key": key}

@@ -28,6 +28,7 @@ from tsd_ray.experiments.pipeline import Run, prepare_features, run_ms
 from tsd_ray.experiments.tune_space import SearchSpace, plain
 from tsd_ray.train.driver import embeddings_file
 from tsd_ray.train.encoder import embed_references, pretrain_encoder
+from tsd_ray.train.joint import JOINT_KEYS
 
 #: Trial drivers hold no CPU: only this much of Ray's ``memory`` resource (a bundle needs one
 #: non-zero resource; ``{"CPU": 0}`` alone is rejected by Tune).
@@ -132,9 +133,11 @@ def data_key(cfg: Config) -> str:
 
 
 def encoder_key(cfg: Config, features_uri: str) -> str:
-    """Digest of what decides the pretrained encoder: its section, train settings, features."""
+    """Digest of what decides the pretrained encoder: its section (but the joint fine-tuning
+    keys, which act after pretraining), train settings, features."""
     tr = without_neutral_keys({"train": to_dict(cfg.train)})["train"]
-    return digest({"encoder": to_dict(cfg.encoder), "train": tr, "features": features_uri})
+    enc = {k: v for k, v in to_dict(cfg.encoder).items() if k not in JOINT_KEYS}
+    return digest({"encoder": enc, "train": tr, "features": features_uri})
 
 
 def shared_encoder(cfg: Config, root: str, manifest) -> tuple[str, str, str]:

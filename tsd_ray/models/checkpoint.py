@@ -8,6 +8,8 @@ A model file (``model.pt``) is a plain dict of primitives and tensors, loaded wi
 
 ``kind == "detector"`` is the exported bundle used by detection: the final student (f or w)
 plus the frozen encoder (``encoder`` entry) plus the post-processing tuned on validation.
+A student trained with joint fine-tuning (``encoder.joint``, :mod:`tsd_ray.train.joint`) also
+carries an ``encoder`` entry: the whole encoder payload it was trained with.
 """
 
 from __future__ import annotations
@@ -100,7 +102,11 @@ def load_student(uri: str, kind: str | None = None):
 
 
 def load_encoder(uri: str):
-    return build_encoder(load_payload(uri))
+    """The encoder of an encoder model file, or the one a jointly fine-tuned student carries."""
+    payload = load_payload(uri)
+    if payload["kind"] in STUDENT_POOLING and isinstance(payload.get("encoder"), dict):
+        payload = payload["encoder"]
+    return build_encoder(payload)
 
 
 # --------------------------------------------------------------------------------------------
@@ -110,6 +116,9 @@ def load_encoder(uri: str):
 
 def export_detector(student_model_uri: str, encoder_model_uri: str, postprocessing: dict, out_uri: str) -> str:
     """Bundle a trained student, its frozen encoder and the tuned post-processing into one file.
+
+    A student trained with joint fine-tuning carries its own encoder, which is bundled instead
+    of ``encoder_model_uri``'s (the pretrained one it started from).
 
     The result (``kind == "detector"``) is all detection needs: the student's config and
     weights (top level, as in a student file, plus ``student_kind`` "f" or "w"), the encoder's
@@ -125,7 +134,10 @@ def export_detector(student_model_uri: str, encoder_model_uri: str, postprocessi
         raise CheckpointError(
             f"{student_model_uri}: expected an f/w student model file, got kind '{student['kind']}'"
         )
-    encoder = load_payload(encoder_model_uri)
+    if isinstance(student.get("encoder"), dict):
+        encoder, encoder_model_uri = student["encoder"], student_model_uri
+    else:
+        encoder = load_payload(encoder_model_uri)
     if encoder["kind"] != "encoder":
         raise CheckpointError(
             f"{encoder_model_uri}: expected an encoder model file, got kind '{encoder['kind']}'"

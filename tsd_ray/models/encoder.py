@@ -167,7 +167,14 @@ class Cnn14Encoder(nn.Module):
         return out
 
     def forward(self, mel: Tensor) -> EncoderOutput:
-        """``mel`` (B, T, F) log-mel -> :class:`EncoderOutput` (embedding (B, E), logits (B, K))."""
+        """``mel`` (B, T, F) log-mel -> :class:`EncoderOutput` (embedding (B, E), logits (B, K)):
+        :meth:`pooled` (the trunk) then :meth:`embed_pooled` (the embedding head)."""
+        embedding = self.embed_pooled(self.pooled(mel))  # (B, E)
+        logits = self.fc_classifier(embedding)  # (B, K)
+        return EncoderOutput(embedding=embedding, logits=logits)
+
+    def pooled(self, mel: Tensor) -> Tensor:
+        """The trunk: ``mel`` (B, T, F) -> conv blocks -> max + mean over time (B, C6)."""
         if mel.ndim != 3 or mel.shape[2] != self.n_mels:
             raise ValueError(
                 f"Cnn14Encoder: expected mel of shape (B, T, {self.n_mels}), got {tuple(mel.shape)}"
@@ -182,13 +189,15 @@ class Cnn14Encoder(nn.Module):
             x = block(x, pool_size=(2, 2) if i < 5 else (1, 1))
             x = F.dropout(x, p=p, training=self.training)  # (B, C_i, T_i, F_i)
         x = x.mean(dim=3)  # (B, C6, T6): mean over frequency
-        x = x.amax(dim=2) + x.mean(dim=2)  # (B, C6): max + mean over time
+        return x.amax(dim=2) + x.mean(dim=2)  # (B, C6): max + mean over time
+
+    def embed_pooled(self, x: Tensor) -> Tensor:
+        """The embedding head on the trunk's output: (B, C6) -> ``fc1`` -> ``fc_embedding`` (B, E)."""
+        p = self.cfg.dropout
         x = F.dropout(x, p=p, training=self.training)
         x = F.relu(self.fc1(x))
         x = F.dropout(x, p=p, training=self.training)
-        embedding = self.fc_embedding(x)  # (B, E)
-        logits = self.fc_classifier(embedding)  # (B, K)
-        return EncoderOutput(embedding=embedding, logits=logits)
+        return self.fc_embedding(x)
 
 
 def normalise_embedding(e: torch.Tensor) -> torch.Tensor:

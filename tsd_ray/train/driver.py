@@ -70,13 +70,15 @@ def run_config(name: str, storage_path: str, max_failures: int, callbacks=None):
     )
 
 
-def loop_config(cfg: Config, phase: PhaseSpec, manifest: Manifest, embeddings_uri: str, fault_marker: str | None = None) -> dict:
+def loop_config(cfg: Config, phase: PhaseSpec, manifest: Manifest, embeddings_uri: str, fault_marker: str | None = None,
+                encoder_uri: str | None = None) -> dict:
     return {
         "cfg": cfg.to_dict(),
         "phase": phase.to_dict(),
         "manifest": manifest.data,
         "features": manifest.uri,
         "embeddings": embeddings_uri,
+        "encoder": encoder_uri,  # the pretrained encoder (read with encoder.joint on)
         "fault_marker": fault_marker,
     }
 
@@ -236,15 +238,21 @@ def run_phase(
     storage_path: str,
     run_name: str,
     callbacks=None,
+    encoder_uri: str | None = None,
 ) -> PhaseResult:
-    """Train one phase with Ray Train (DDP over ``cfg.train.num_workers``)."""
+    """Train one phase with Ray Train (DDP over ``cfg.train.num_workers``).
+
+    ``embeddings_uri``: the run's reference table; ``encoder_uri``: the pretrained encoder that
+    made it, which a phase fine-tunes from when ``encoder.joint`` is on and its init student
+    carries no encoder of its own (:mod:`tsd_ray.train.joint`).
+    """
 
     name = f"{run_name}-{phase.name}"
     marker = storage.join(storage.expand(storage_path), name, "_fault_injected") if cfg.train.fail_at_epoch >= 0 else None
     tc = cfg.train
     ensure_ray()
     datasets = phase_datasets(manifest, phase, tc.seed, tc.cache_max_samples, tc.group_by_mixture, tc.reproducible)
-    result = fit_trainer(train_loop_per_worker, loop_config(cfg, phase, manifest, embeddings_uri, marker), tc,
+    result = fit_trainer(train_loop_per_worker, loop_config(cfg, phase, manifest, embeddings_uri, marker, encoder_uri), tc,
                          name=name, storage_path=storage_path, datasets=datasets, callbacks=callbacks)
     ck = checkpoint_uri(result.checkpoint)
     ret = getattr(result, "return_value", None) or {}

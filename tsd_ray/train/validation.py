@@ -33,26 +33,35 @@ class ReferenceTable:
     def __init__(self, embeddings: torch.Tensor, ref_class: torch.Tensor, n_classes: int):
         order = torch.argsort(ref_class, stable=True)
         self.embeddings = embeddings  # (N, E) in table order (ref_idx indexes it)
+        self.ref_class = ref_class
+        self.n_classes = n_classes
         self.sorted_rows = order  # rows grouped by class
         counts = torch.bincount(ref_class, minlength=n_classes)
         self.count = counts
         self.start = torch.cumsum(counts, 0) - counts
 
     def to(self, device) -> ReferenceTable:
-        for k in ("embeddings", "sorted_rows", "count", "start"):
+        for k in ("embeddings", "ref_class", "sorted_rows", "count", "start"):
             setattr(self, k, getattr(self, k).to(device))
         return self
 
+    def with_embeddings(self, embeddings: torch.Tensor) -> ReferenceTable:
+        """The same pool with other embeddings (N, E) of its rows (a fine-tuned encoder's)."""
+        return ReferenceTable(embeddings, self.ref_class.to(embeddings.device), self.n_classes)
+
     def lookup(self, ref_idx: torch.Tensor, target_idx: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
-        """Embeddings (B, E): the fixed reference where ref_idx >= 0, else a random one of the
+        """Embeddings (B, E) of :meth:`rows`."""
+        return self.embeddings[self.rows(ref_idx, target_idx, gen)]
+
+    def rows(self, ref_idx: torch.Tensor, target_idx: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
+        """Table rows (B,): the fixed reference where ref_idx >= 0, else a random one of the
         target's class (re-drawn every time: a new reference each epoch)."""
         count = self.count[target_idx]
         if bool((count == 0).any()):
             raise ValueError("a target class has no reference embedding; rebuild the embedding table")
         u = torch.rand(target_idx.shape, generator=gen, device="cpu").to(count.device)
         drawn = self.sorted_rows[self.start[target_idx] + (u * count).long().clamp(max=count - 1)]
-        rows = torch.where(ref_idx >= 0, ref_idx, drawn)
-        return self.embeddings[rows]
+        return torch.where(ref_idx >= 0, ref_idx, drawn)
 
 
 def load_reference_table(uri: str, n_classes: int) -> ReferenceTable:

@@ -29,12 +29,12 @@ from tsd_ray.common import storage
 from tsd_ray.common.config import Config, config_from_dict
 from tsd_ray.common.progress import epoch_line, say
 from tsd_ray.common.ray_env import quiet_worker_process, shuffle_seed
-from tsd_ray.data.shards import packed_collate_fn
+from tsd_ray.data.shards import Manifest, packed_collate_fn, reference_mels
 from tsd_ray.models import checkpoint as ckpt
 from tsd_ray.models.detector import Detector
 from tsd_ray.models.discriminator import Discriminator
 from tsd_ray.models.encoder import freeze
-from tsd_ray.train import augment, losses
+from tsd_ray.train import augment, joint, losses
 from tsd_ray.train.losses import KDProjector, domain_logits
 from tsd_ray.train.phase import PhaseSpec
 from tsd_ray.train.validation import (
@@ -55,17 +55,20 @@ from tsd_ray.train.validation import (
 
 
 class PhaseModel(nn.Module):
-    """Student plus what trains with it (discriminator, KD projections): one DDP module."""
+    """Student plus what trains with it (discriminator, KD projections, the jointly fine-tuned
+    encoder): one DDP module."""
 
-    def __init__(self, student: nn.Module, discriminator: nn.Module | None, projector: nn.Module | None):
+    def __init__(self, student: nn.Module, discriminator: nn.Module | None, projector: nn.Module | None,
+                 references: joint.LiveReferences | None = None):
         super().__init__()
         self.student = student
         self.discriminator = discriminator
         self.projector = projector
+        self.references = references
 
     def forward(
         self, mel, embedding, frame_mask, *, groups=None, lambda_d: float = 0.0, teacher_gru=None, main=None,
-        domain_mask=None,
+        domain_mask=None, ref_rows=None,
     ):
         """Student outputs, domain logits through gradient reversal (or None), KD loss (or None).
 
@@ -74,8 +77,12 @@ class PhaseModel(nn.Module):
         :meth:`Detector.forward`) the domain logits are per ``mel`` row: one per mixture.
         ``domain_mask`` (U, T'): the valid frames of each ``mel`` row, so the discriminator
         ignores padding; default ``frame_mask`` when samples are not packed (then U == B).
+        With joint fine-tuning (``references`` set) ``embedding`` is None and the encoder
+        embeds the reference-pool rows ``ref_rows`` (B,) here, inside the DDP forward.
         """
 
+        if self.references is not None:
+            embedding = self.references(ref_rows)
         out = self.student(mel, embedding, frame_mask, groups)
         domain_logit = None
         if self.discriminator is not None:
@@ -102,6 +109,12 @@ class Context:
     kd_teacher: nn.Module | None
     pseudo_teacher: nn.Module | None
     gen: torch.Generator
+    # joint fine-tuning (tsd_ray/train/joint.py): the trained encoder, the payload it started
+    # from (config, classes: what its model-file entry keeps), and the teachers' own tables
+    live: joint.LiveReferences | None = None
+    encoder_base: dict | None = None
+    teacher_tables: dict = field(default_factory=dict)  # "kd" / "pseudo" -> (N, E), or absent
+    best_encoder: dict | None = None
     start_epoch: int = 0
     best_score: float = -math.inf
     best_state: dict | None = None
@@ -116,12 +129,27 @@ def _autocast(ctx: Context):
     return nullcontext()
 
 
-def _load_teacher(uri: str | None, kind: str, device) -> nn.Module | None:
+def _load_teacher(uri: str | None, kind: str, device, pool) -> tuple[nn.Module | None, torch.Tensor | None]:
+    """A frozen teacher and its own reference table (None: it reads the run's table).
+    ``pool()``: the reference pool's log-mels, read when a teacher carries an encoder."""
     if not uri:
-        return None
+        return None, None
+    payload = ckpt.load_payload(uri)
+    model = ckpt.build_student(payload, kind).to(device)
+    table = joint.teacher_embeddings(payload, pool(), device) if joint.own_encoder(payload) else None
+    return freeze(model), table  # eval mode + no grad: dropout off, BN statistics fixed
 
-    model = ckpt.load_student(uri, kind).to(device)
-    return freeze(model)  # eval mode + no grad: dropout off, BN statistics fixed
+
+class _Pool:
+    """The reference pool's log-mels, read once on first use."""
+
+    def __init__(self, features_uri: str, manifest: dict):
+        self.manifest, self.mels = Manifest(features_uri, manifest), None
+
+    def __call__(self) -> torch.Tensor:
+        if self.mels is None:
+            self.mels = torch.from_numpy(reference_mels(self.manifest)[1])
+        return self.mels
 
 
 def setup(config: dict) -> Context:
@@ -147,13 +175,24 @@ def setup(config: dict) -> Context:
     projector = None
     if phase.kd_teacher:
         projector = KDProjector(student.gru_dim, student.gru_dim, cfg.detector.projection_dim)
-    core = PhaseModel(student, discriminator, projector)
+    pool = _Pool(config.get("features"), manifest)
+    live = encoder_base = None
+    if cfg.encoder.joint != "off":
+        enc = joint.encoder_payload(payload if phase.init else None, config.get("encoder"), phase.name)
+        encoder_base = {k: v for k, v in enc.items() if k != "state_dict"}
+        live = joint.LiveReferences(ckpt.build_encoder(enc), pool(), cfg.encoder.joint)
+    core = PhaseModel(student, discriminator, projector, live)
     groups = [{"params": student.parameters(), "lr": phase.lr}]
     if discriminator is not None:
         groups.append({"params": discriminator.parameters(), "lr": phase.lr})
     if projector is not None:
         groups.append({"params": projector.parameters(), "lr": phase.lr})
+    if live is not None:  # lr_scale: train_epoch's schedule keeps the ratio
+        scale = cfg.encoder.joint_lr_scale
+        groups.append({"params": live.trainable(), "lr": phase.lr * scale, "lr_scale": scale})
     optimizer = torch.optim.Adam(groups, lr=phase.lr, weight_decay=cfg.train.weight_decay)
+    kd_teacher, kd_table = _load_teacher(phase.kd_teacher, "f", device, pool)
+    pseudo_teacher, pseudo_table = _load_teacher(phase.pseudo_teacher, "w", device, pool)
 
     ctx = Context(
         cfg=cfg,
@@ -165,10 +204,15 @@ def setup(config: dict) -> Context:
         core=core,
         optimizer=optimizer,
         refs=load_reference_table(config["embeddings"], len(manifest["classes"])).to(device),
-        kd_teacher=_load_teacher(phase.kd_teacher, "f", device),
-        pseudo_teacher=_load_teacher(phase.pseudo_teacher, "w", device),
+        kd_teacher=kd_teacher,
+        pseudo_teacher=pseudo_teacher,
         gen=torch.Generator().manual_seed(cfg.train.seed * 1009 + rank),
+        live=live,
+        encoder_base=encoder_base,
+        teacher_tables={k: v for k, v in (("kd", kd_table), ("pseudo", pseudo_table)) if v is not None},
     )
+    if live is not None:  # the starting encoder is the best so far until an epoch beats it
+        ctx.best_encoder = {k: v.detach().cpu().clone() for k, v in live.encoder.state_dict().items()}
     resume_from = ray.train.get_checkpoint()
     if resume_from is not None:
         with resume_from.as_directory() as d:
@@ -203,6 +247,8 @@ def _restore(ctx: Context, path: str, name: str | None = None) -> None:
     ctx.bad_epochs = int(st["bad_epochs"])
     ctx.history = list(st["history"])
     ctx.gen.set_state(st["gen"])
+    if st.get("best_encoder") is not None:
+        ctx.best_encoder = st["best_encoder"]
     say(f"{ctx.phase.name}: resumed after epoch {ctx.start_epoch}")
 
 
@@ -238,25 +284,27 @@ def compute_losses(ctx: Context, batch: dict[str, torch.Tensor]) -> tuple[torch.
     aug = augment.augment_batch(parts_in, ctx.cfg.augment, ctx.gen, groups=groups)
     mel, labels = aug["mel"], aug["frame_labels"]
     clip_label = aug.get("clip_label", batch["clip_label"])
-    emb = ctx.refs.lookup(batch["ref_idx"], batch["target_idx"], ctx.gen)  # (B, E)
+    rows = ctx.refs.rows(batch["ref_idx"], batch["target_idx"], ctx.gen)  # (B,) reference-pool rows
+    emb = None if ctx.live is not None else ctx.refs.embeddings[rows]  # (B, E); joint: in the forward
     main = batch["is_main"].bool()
     m = main
     parts: dict[str, torch.Tensor] = {}
 
-    def teacher(net):  # a frozen teacher on the main rows (their mixtures only)
+    def teacher(net, role):  # a frozen teacher on the main rows (their mixtures only), own table
+        e = ctx.teacher_tables.get(role, ctx.refs.embeddings)[rows[m]]
         if groups is None:
-            return net(mel[m], emb[m], mask[m])
-        rows, inverse = torch.unique(groups[m], return_inverse=True)
-        return net(mel[rows], emb[m], mask[m], inverse)
+            return net(mel[m], e, mask[m])
+        mix_rows, inverse = torch.unique(groups[m], return_inverse=True)
+        return net(mel[mix_rows], e, mask[m], inverse)
 
     with _autocast(ctx):
         teacher_gru = None
         if ctx.kd_teacher is not None and bool(m.any()):
             with torch.no_grad():
-                teacher_gru = teacher(ctx.kd_teacher).gru
+                teacher_gru = teacher(ctx.kd_teacher, "kd").gru
         out, domain_logit, kd = ctx.model(
             mel, emb, mask, groups=groups, lambda_d=phase.lambda_d, teacher_gru=teacher_gru, main=m,
-            domain_mask=mix_mask,
+            domain_mask=mix_mask, ref_rows=rows,
         )
         if bool(m.any()):
             if phase.loss == "frame":
@@ -275,7 +323,7 @@ def compute_losses(ctx: Context, batch: dict[str, torch.Tensor]) -> tuple[torch.
                     parts["clip"] = losses.clip_bce(out.clip_prob[m], clip_label[m])
             elif phase.loss == "pseudo":
                 with torch.no_grad():
-                    t = teacher(ctx.pseudo_teacher)
+                    t = teacher(ctx.pseudo_teacher, "pseudo")
                 targets = losses.pseudo_labels(t.frame_probs, clip_label[m])
                 parts["pseudo"] = losses.frame_bce(out.frame_logits[m], targets, mask[m])
             if kd is not None:
@@ -362,7 +410,7 @@ def train_epoch(ctx: Context, train_it, aux_it_factory, epoch: int, spe: int) ->
         batch = {k: v.to(ctx.device, non_blocking=True) for k, v in batch.items()}
         lr = ctx.phase.lr * lr_factor(ctx.cfg.train.lr_schedule, epoch, n_batches, spe, ctx.phase.epochs)
         for group in ctx.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         loss, parts = compute_losses(ctx, batch)
         ctx.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -395,7 +443,8 @@ def validate(ctx: Context, val_batches, rank: int = 0, world: int = 1) -> dict[s
     every worker, so all ranks take the same early-stopping and best-model decisions.
     """
     student = ctx.core.student
-    pairs = predict_batches(student, ctx.refs, own_rows(val_batches, rank, world), ctx.device, lambda: _autocast(ctx))
+    refs = ctx.refs if ctx.live is None else ctx.refs.with_embeddings(ctx.live.table())
+    pairs = predict_batches(student, refs, own_rows(val_batches, rank, world), ctx.device, lambda: _autocast(ctx))
     samples = gather_samples(scored_samples(pairs), rank, world)
     if samples is None:  # not rank 0: wait for its scores
         return broadcast_scores(None)
@@ -420,6 +469,10 @@ def _student_payload(ctx: Context, state: dict, metrics: dict) -> dict:
         meta={"phase": ctx.phase.name, "metrics": metrics, "frontend": ctx.manifest["frontend"], **ctx.sources},
     )
     payload["state_dict"] = state
+    if ctx.live is not None:  # the encoder it was trained with, at the same epoch
+        payload["encoder"] = {**ctx.encoder_base, "state_dict": ctx.best_encoder,
+                              "meta": {**ctx.encoder_base.get("meta", {}), "joint": ctx.cfg.encoder.joint,
+                                       "fine_tuned_in": ctx.phase.name}}
     return payload
 
 
@@ -443,6 +496,7 @@ def report_epoch(ctx: Context, epoch: int, metrics: dict[str, Any]) -> None:
                 "bad_epochs": ctx.bad_epochs,
                 "history": ctx.history,
                 "gen": ctx.gen.get_state(),
+                "best_encoder": ctx.best_encoder,
             },
             os.path.join(d, "state.pt"),
         )
@@ -516,6 +570,8 @@ def train_loop_per_worker(config: dict) -> dict:
             ctx.best_state = {k: v.detach().cpu().clone() for k, v in ctx.core.student.state_dict().items()}
             ctx.best_metrics = {**val, "epoch": epoch}
             ctx.bad_epochs = 0
+            if ctx.live is not None:
+                ctx.best_encoder = {k: v.detach().cpu().clone() for k, v in ctx.live.encoder.state_dict().items()}
         else:
             ctx.bad_epochs += 1
         metrics = {
