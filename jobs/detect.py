@@ -34,9 +34,11 @@ def _export(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="jobs/detect.py export", description="Write a self-contained detector file.")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--run", help="finished run folder (<storage>/<run name>, holds ledger.json)")
-    src.add_argument("--student", help="an f/w student model.pt (then --encoder is required)")
+    src.add_argument("--student", help="an f/w student model.pt (then --encoder, unless the student "
+                     "was trained with encoder.joint and carries its own)")
     p.add_argument("--recipe", default="MS", help="with --run: SS, WS, MS or an ablation name (default MS)")
-    p.add_argument("--encoder", help="with --student: the encoder model.pt of the same run")
+    p.add_argument("--encoder", help="with --student: the encoder model.pt of the same run (ignored "
+                   "when the student carries its own)")
     p.add_argument("--threshold", type=float, default=0.5, help="with --student: probability threshold")
     p.add_argument("--median-frames", type=int, default=1, help="with --student: median window (odd, frames)")
     p.add_argument("--out", required=True, help="detector file to write (path or URI)")
@@ -46,8 +48,6 @@ def _export(argv: list[str]) -> int:
         if args.run:
             out = export_from_run(args.run, args.out, recipe=args.recipe)
         else:
-            if not args.encoder:
-                raise DetectError("--student needs --encoder (the encoder model.pt of the same run)")
             pp = {"threshold": args.threshold, "median_frames": args.median_frames}
             out = export_detector(args.student, args.encoder, pp, args.out)
     except (CheckpointError, DetectError) as exc:

@@ -116,3 +116,16 @@ def test_the_student_file_carries_its_encoder_and_detection_bundles_that_one(tmp
     torch.testing.assert_close(bundle["encoder"]["state_dict"]["fc_embedding.weight"],
                                ctx.best_encoder["fc_embedding.weight"])
     assert bundle["meta"]["encoder_uri"] == uri
+    # no encoder needs naming for it; a student trained on the run's table must name one
+    from tsd_ray.apps.detect_model import DetectError, load_detector
+
+    det = load_detector(uri, device="cpu")
+    torch.testing.assert_close(det.encoder.fc_embedding.weight, ctx.best_encoder["fc_embedding.weight"])
+    ckpt.export_detector(uri, None, {"threshold": 0.5, "median_frames": 1}, str(tmp_path / "detector2.pt"))
+    plain = {k: v for k, v in payload.items() if k != "encoder"}
+    ckpt.save_payload(plain, str(tmp_path / "plain.pt"))
+    with pytest.raises(ckpt.CheckpointError, match="--encoder"):
+        ckpt.export_detector(str(tmp_path / "plain.pt"), None, {"threshold": 0.5, "median_frames": 1},
+                             str(tmp_path / "detector3.pt"))
+    with pytest.raises(DetectError, match="--encoder"):
+        load_detector(str(tmp_path / "plain.pt"), device="cpu")

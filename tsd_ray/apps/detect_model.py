@@ -56,7 +56,8 @@ def load_detector(
     postprocessing: PostProcessing | None = None,
     device: str | torch.device = "auto",
 ) -> LoadedDetector:
-    """Load a detector file, or a plain f/w student file plus ``encoder_uri``.
+    """Load a detector file, or a plain f/w student file plus ``encoder_uri`` (not needed, and
+    not used, for a student trained with ``encoder.joint``, which carries its own encoder).
 
     ``postprocessing`` overrides the one stored in the detector file; a plain student gets
     the :class:`~tsd_ray.common.config.EvalConfig` defaults (threshold 0.5, no median filter) unless
@@ -77,14 +78,16 @@ def load_detector(
         )
         student_kind = str(payload["student_kind"])
     elif kind in ckpt.STUDENT_POOLING:
-        if not encoder_uri:
+        own = ckpt.own_encoder(payload)
+        if not encoder_uri and own is None:
             raise DetectError(
                 f"{uri}: a plain {kind} student model file has no encoder inside; pass the encoder "
                 "of its run (--encoder <run>-encoder/checkpoint_*/model.pt) or export a detector "
                 "first (python jobs/detect.py export --run RUN_DIR --out detector.pt)"
             )
         student = ckpt.build_student(payload)
-        enc_payload = ckpt.load_payload(encoder_uri)
+        # a student trained with encoder.joint carries the encoder it was trained with
+        enc_payload = own if own is not None else ckpt.load_payload(encoder_uri)
         ev = EvalConfig()
         pp = postprocessing or PostProcessing(threshold=ev.threshold, median_frames=ev.median_frames)
         student_kind = str(kind)

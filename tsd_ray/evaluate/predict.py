@@ -68,7 +68,7 @@ def evaluate_model(model_uri: str, manifest: Manifest, embeddings_uri: str, ev: 
     embedded by it (``<model_uri>.embeddings.parquet``, in place of ``embeddings_uri``) and
     "encoder_loo" records that table's leave-one-out nearest-centroid accuracy.
     """
-    own_encoder = isinstance(ckpt.load_payload(model_uri).get("encoder"), dict)
+    own_encoder = ckpt.own_encoder(ckpt.load_payload(model_uri)) is not None
     if own_encoder:
         embeddings_uri = embed_references(model_uri, manifest, f"{model_uri}.embeddings.parquet")
     classes = manifest.target_classes if split.startswith("target") else manifest.source_classes

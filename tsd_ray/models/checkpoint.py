@@ -101,12 +101,16 @@ def load_student(uri: str, kind: str | None = None):
     return build_student(load_payload(uri), kind)
 
 
+def own_encoder(payload: dict) -> dict | None:
+    """The encoder payload a student model file carries (trained with ``encoder.joint``), else None."""
+    enc = payload.get("encoder") if payload.get("kind") in STUDENT_POOLING else None
+    return enc if isinstance(enc, dict) else None
+
+
 def load_encoder(uri: str):
     """The encoder of an encoder model file, or the one a jointly fine-tuned student carries."""
     payload = load_payload(uri)
-    if payload["kind"] in STUDENT_POOLING and isinstance(payload.get("encoder"), dict):
-        payload = payload["encoder"]
-    return build_encoder(payload)
+    return build_encoder(own_encoder(payload) or payload)
 
 
 # --------------------------------------------------------------------------------------------
@@ -114,11 +118,11 @@ def load_encoder(uri: str):
 # --------------------------------------------------------------------------------------------
 
 
-def export_detector(student_model_uri: str, encoder_model_uri: str, postprocessing: dict, out_uri: str) -> str:
+def export_detector(student_model_uri: str, encoder_model_uri: str | None, postprocessing: dict, out_uri: str) -> str:
     """Bundle a trained student, its frozen encoder and the tuned post-processing into one file.
 
     A student trained with joint fine-tuning carries its own encoder, which is bundled instead
-    of ``encoder_model_uri``'s (the pretrained one it started from).
+    of ``encoder_model_uri``'s (the pretrained one it started from; may then be None).
 
     The result (``kind == "detector"``) is all detection needs: the student's config and
     weights (top level, as in a student file, plus ``student_kind`` "f" or "w"), the encoder's
@@ -134,8 +138,13 @@ def export_detector(student_model_uri: str, encoder_model_uri: str, postprocessi
         raise CheckpointError(
             f"{student_model_uri}: expected an f/w student model file, got kind '{student['kind']}'"
         )
-    if isinstance(student.get("encoder"), dict):
-        encoder, encoder_model_uri = student["encoder"], student_model_uri
+    if own_encoder(student) is not None:
+        encoder, encoder_model_uri = own_encoder(student), student_model_uri
+    elif encoder_model_uri is None:
+        raise CheckpointError(
+            f"{student_model_uri} carries no encoder of its own (it was trained with encoder.joint "
+            "off): pass the encoder model.pt of its run (--encoder)"
+        )
     else:
         encoder = load_payload(encoder_model_uri)
     if encoder["kind"] != "encoder":

@@ -27,23 +27,18 @@ from torch import Tensor, nn
 from tsd_ray.models import checkpoint as ckpt
 from tsd_ray.models.encoder import Cnn14Encoder, freeze, normalise_embedding
 
-__all__ = ["JOINT_KEYS", "LiveReferences", "encoder_payload", "own_encoder", "pool_embeddings"]
+__all__ = ["JOINT_KEYS", "LiveReferences", "encoder_payload", "pool_embeddings", "teacher_embeddings"]
 
 #: ``encoder`` keys that act after pretraining (left out of the shared encoder's key in Tune).
 JOINT_KEYS = ("joint", "joint_lr_scale")
 
 
-def own_encoder(payload: dict) -> dict | None:
-    """The encoder payload a student model file carries (joint fine-tuning), else None."""
-    enc = payload.get("encoder")
-    return enc if isinstance(enc, dict) else None
-
-
 def encoder_payload(init_payload: dict | None, pretrained_uri: str | None, phase_name: str) -> dict:
     """The encoder a jointly fine-tuned phase starts from: its init student's own, else the run's
     pretrained one (``pretrained_uri``)."""
-    if init_payload is not None and own_encoder(init_payload) is not None:
-        return own_encoder(init_payload)
+    own = ckpt.own_encoder(init_payload) if init_payload is not None else None
+    if own is not None:
+        return own
     if not pretrained_uri:
         raise ValueError(
             f"phase {phase_name}: encoder.joint is on but no pretrained encoder was passed to the "
@@ -123,7 +118,7 @@ class LiveReferences(nn.Module):
 def teacher_embeddings(payload: dict, mels: np.ndarray | None, device) -> Tensor | None:
     """A teacher's own reference table (N, E) when its model file carries an encoder, else None
     (the teacher was trained on the run's table)."""
-    enc = own_encoder(payload)
+    enc = ckpt.own_encoder(payload)
     if enc is None:
         return None
     encoder = freeze(ckpt.build_encoder(enc).to(device))

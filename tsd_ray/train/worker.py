@@ -136,7 +136,7 @@ def _load_teacher(uri: str | None, kind: str, device, pool) -> tuple[nn.Module |
         return None, None
     payload = ckpt.load_payload(uri)
     model = ckpt.build_student(payload, kind).to(device)
-    table = joint.teacher_embeddings(payload, pool(), device) if joint.own_encoder(payload) else None
+    table = joint.teacher_embeddings(payload, pool(), device) if ckpt.own_encoder(payload) else None
     return freeze(model), table  # eval mode + no grad: dropout off, BN statistics fixed
 
 
