@@ -25,7 +25,6 @@ from tsd_ray.apps import detect
 from tsd_ray.apps.detect import DetectError, export_from_run, write_text
 from tsd_ray.apps.plots import plot_detection
 from tsd_ray.data.audio import AudioError
-from tsd_ray.metrics.postprocess import PostProcessing
 from tsd_ray.metrics.scoring import score_event_lists
 from tsd_ray.models.checkpoint import CheckpointError, export_detector
 
@@ -41,6 +40,8 @@ def _export(argv: list[str]) -> int:
                    "when the student carries its own)")
     p.add_argument("--threshold", type=float, default=0.5, help="with --student: probability threshold")
     p.add_argument("--median-frames", type=int, default=1, help="with --student: median window (odd, frames)")
+    p.add_argument("--fill-gap-frames", type=int, default=0, help="with --student: fill gaps up to this long (frames)")
+    p.add_argument("--min-event-frames", type=int, default=0, help="with --student: drop events shorter (frames)")
     p.add_argument("--out", required=True, help="detector file to write (path or URI)")
     args = p.parse_args(argv)
 
@@ -48,7 +49,8 @@ def _export(argv: list[str]) -> int:
         if args.run:
             out = export_from_run(args.run, args.out, recipe=args.recipe)
         else:
-            pp = {"threshold": args.threshold, "median_frames": args.median_frames}
+            pp = {"threshold": args.threshold, "median_frames": args.median_frames,
+                  "fill_gap_frames": args.fill_gap_frames, "min_event_frames": args.min_event_frames}
             out = export_detector(args.student, args.encoder, pp, args.out)
     except (CheckpointError, DetectError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -77,6 +79,8 @@ def _detect(argv: list[str]) -> int:
     p.add_argument("--label", help="event_label of the detections (default: 'target')")
     p.add_argument("--threshold", type=float, help="override the stored probability threshold")
     p.add_argument("--median-frames", type=int, help="override the stored median window (odd, 40 ms frames)")
+    p.add_argument("--fill-gap-frames", type=int, help="override the longest gap filled inside an event (frames)")
+    p.add_argument("--min-event-frames", type=int, help="override the shortest event kept (frames)")
     p.add_argument("--overlap", type=float, default=0.5, help="window overlap fraction (default 0.5)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (single recording)")
     p.add_argument("--num-actors", type=int, help="folder mode: actor pool size (default: GPUs, else CPUs - 1)")
@@ -89,11 +93,10 @@ def _detect(argv: list[str]) -> int:
     label = args.label or detect.DEFAULT_LABEL
     try:
         det = detect.load_detector(args.checkpoint, encoder_uri=args.encoder, device=args.device)
-        if args.threshold is not None or args.median_frames is not None:  # override what was tuned
-            stored = det.postprocessing
-            det = dataclasses.replace(det, postprocessing=PostProcessing(
-                threshold=stored.threshold if args.threshold is None else args.threshold,
-                median_frames=stored.median_frames if args.median_frames is None else args.median_frames))
+        overrides = {k: getattr(args, k) for k in ("threshold", "median_frames", "fill_gap_frames", "min_event_frames")
+                     if getattr(args, k) is not None}
+        if overrides:  # override what was tuned
+            det = dataclasses.replace(det, postprocessing=dataclasses.replace(det.postprocessing, **overrides))
         ref = detect.embed_reference(det, args.reference)
         items = detect.list_audio(args.audio)
         single = len(items) == 1 and items[0][0] == str(args.audio)  # an audio file, not a folder/list
@@ -103,8 +106,8 @@ def _detect(argv: list[str]) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     pp = det.postprocessing
-    print(f"detector {args.checkpoint}: {det.student_kind} student, threshold {pp.threshold:g}, "
-          f"median {pp.median_frames} frames; reference resembles training class '{ref.guess}' "
+    print(f"detector {args.checkpoint}: {det.student_kind} student, {pp.describe()}; "
+          f"reference resembles training class '{ref.guess}' "
           f"(p={ref.guess_prob:.2f}); events labelled '{label}'", file=sys.stderr)
 
     if single:

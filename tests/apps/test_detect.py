@@ -150,7 +150,7 @@ def test_export_bundles_everything_and_training_learned(model):
     payload = ckpt.load_payload(model["detector"])
     assert payload["kind"] == "detector" and payload["student_kind"] == "f"
     assert payload["encoder"]["kind"] == "encoder"
-    assert set(payload["postprocessing"]) == {"threshold", "median_frames"}
+    assert set(payload["postprocessing"]) == {"threshold", "median_frames", "fill_gap_frames", "min_event_frames"}
     assert payload["meta"]["frontend"]["clip_s"] == 10.0
     det = detect.load_detector(model["detector"], device="cpu")
     assert not det.student.training and not det.encoder.training
@@ -377,7 +377,8 @@ def test_export_from_run_ledger_and_export_job(model, tmp_path, capsys):
     out = detect.export_from_run(str(tmp_path / "run"), str(tmp_path / "det.pt"))
     payload = ckpt.load_payload(out)
     assert payload["meta"]["student_uri"] == str(better)  # an old ledger: the best f by validation
-    assert payload["postprocessing"] == {"threshold": 0.7, "median_frames": 5}
+    # a ledger written before gap filling: the bundle gets the two it names, the others off
+    assert payload["postprocessing"] == {"threshold": 0.7, "median_frames": 5, "fill_gap_frames": 0, "min_event_frames": 0}
     w_final = tmp_path / "it1_w_model.pt"  # the evaluation records its model: a w student chosen as best
     shutil.copy(model["student"], w_final)
     led.record("MS-eval", postprocessing={"threshold": 0.6, "median_frames": 3}, event_f=1.0, model_uri=str(w_final))
@@ -389,7 +390,8 @@ def test_export_from_run_ledger_and_export_job(model, tmp_path, capsys):
     code, err = _job_in_process(capsys, "export", "--student", model["student"], "--encoder", model["encoder"],
                                 "--median-frames", "3", "--out", str(tmp_path / "d2.pt"))
     assert code == 0, err
-    assert ckpt.load_payload(str(tmp_path / "d2.pt"))["postprocessing"] == {"threshold": 0.5, "median_frames": 3}
+    assert ckpt.load_payload(str(tmp_path / "d2.pt"))["postprocessing"] == {
+        "threshold": 0.5, "median_frames": 3, "fill_gap_frames": 0, "min_event_frames": 0}
     code, err = _job_in_process(capsys, "export", "--student", model["encoder"], "--encoder", model["encoder"],
                                 "--out", str(tmp_path / "d3.pt"))
     assert code == 2 and "expected an f/w student" in err

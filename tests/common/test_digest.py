@@ -28,11 +28,17 @@ def test_neutral_keys_leave_the_result_digest_alone_and_others_move_it():
 
 
 def test_keys_added_later_count_only_away_from_their_neutral_value():
-    cfg = load_config("real", ["data.spec=/x/dataset.yaml"])
+    cfg = load_config("demo")
     full = to_dict(cfg)
-    before = {**full, "augment": {k: v for k, v in full["augment"].items() if k not in ADDED_AT_NEUTRAL["augment"]}}
+    before = {sec: ({k: v for k, v in vals.items() if k not in ADDED_AT_NEUTRAL.get(sec, {})} if isinstance(vals, dict)
+                    else vals) for sec, vals in full.items()}
     # A run started before the keys existed had a config without them: its digest is the same.
     assert result_digest(cfg) == digest(without_neutral_keys(before))
-    for key in ADDED_AT_NEUTRAL["augment"]:
-        moved = load_config("real", ["data.spec=/x/dataset.yaml", f"augment.{key}=2"])
-        assert result_digest(moved) != result_digest(cfg), key
+    away = {"augment": "2", "encoder.joint": "head", "encoder.joint_lr_scale": "0.5", "eval.fill_gap_frames": "2",
+            "eval.min_event_frames": "2", "eval.fill_gaps": "[0, 5]", "eval.min_event_lengths": "[0, 5]"}
+    for section, keys in ADDED_AT_NEUTRAL.items():
+        for key in keys:
+            value = away.get(f"{section}.{key}", away.get(section))
+            assert value is not None, f"{section}.{key}: give this test a value away from the neutral one"
+            moved = load_config("demo", [f"{section}.{key}={value}"])
+            assert result_digest(moved) != result_digest(cfg), key

@@ -110,8 +110,8 @@ def test_the_student_file_carries_its_encoder_and_detection_bundles_that_one(tmp
     assert payload["encoder"]["meta"]["fine_tuned_in"] == "p"
     loaded = ckpt.load_encoder(uri)  # the student's own encoder, weights as at its best epoch
     torch.testing.assert_close(loaded.fc_embedding.weight, ctx.best_encoder["fc_embedding.weight"])
-    out = ckpt.export_detector(uri, str(tmp_path / "pretrained.pt"), {"threshold": 0.5, "median_frames": 1},
-                               str(tmp_path / "detector.pt"))
+    pp = {"threshold": 0.5, "median_frames": 1, "fill_gap_frames": 5, "min_event_frames": 3}
+    out = ckpt.export_detector(uri, str(tmp_path / "pretrained.pt"), pp, str(tmp_path / "detector.pt"))
     bundle = ckpt.load_payload(out)
     torch.testing.assert_close(bundle["encoder"]["state_dict"]["fc_embedding.weight"],
                                ctx.best_encoder["fc_embedding.weight"])
@@ -121,6 +121,10 @@ def test_the_student_file_carries_its_encoder_and_detection_bundles_that_one(tmp
 
     det = load_detector(uri, device="cpu")
     torch.testing.assert_close(det.encoder.fc_embedding.weight, ctx.best_encoder["fc_embedding.weight"])
+    # the bundle keeps the whole tuned post-processing, gap filling and minimum length too
+    assert load_detector(out, device="cpu").postprocessing.to_dict() == pp
+    with pytest.raises(ckpt.CheckpointError, match="fill_gap_frames"):
+        ckpt.export_detector(uri, None, {**pp, "fill_gap_frames": -1}, str(tmp_path / "bad.pt"))
     ckpt.export_detector(uri, None, {"threshold": 0.5, "median_frames": 1}, str(tmp_path / "detector2.pt"))
     plain = {k: v for k, v in payload.items() if k != "encoder"}
     ckpt.save_payload(plain, str(tmp_path / "plain.pt"))

@@ -84,7 +84,7 @@ class DetectActor:
     ):
         if threads > 0:
             torch.set_num_threads(threads)
-        pp = PostProcessing(**postprocessing) if postprocessing else None
+        pp = PostProcessing.from_dict(postprocessing) if postprocessing else None
         self.det = load_detector(detector_uri, encoder_uri=encoder_uri, postprocessing=pp, device=device)
         self.logmel = LogMel(self.det.frontend, self.det.device)
         self.embedding = np.asarray(embedding, dtype=np.float32)
@@ -175,7 +175,7 @@ def detect_many(
         "label": label,
         "overlap": overlap,
         "encoder_uri": det.encoder_uri,
-        "postprocessing": {"threshold": pp.threshold, "median_frames": pp.median_frames},
+        "postprocessing": pp.to_dict(),
         "keep_probs": keep_probs,
     }
     rows = [{"index": i, "path": p, "name": n} for i, (p, n) in enumerate(items)]

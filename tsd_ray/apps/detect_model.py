@@ -72,10 +72,7 @@ def load_detector(
         enc_payload = payload["encoder"]
         if encoder_uri:
             enc_payload = ckpt.load_payload(encoder_uri)
-        pp = postprocessing or PostProcessing(
-            threshold=float(payload["postprocessing"]["threshold"]),
-            median_frames=int(payload["postprocessing"]["median_frames"]),
-        )
+        pp = postprocessing or PostProcessing.from_dict(payload["postprocessing"])
         student_kind = str(payload["student_kind"])
     elif kind in ckpt.STUDENT_POOLING:
         own = ckpt.own_encoder(payload)
@@ -89,7 +86,8 @@ def load_detector(
         # a student trained with encoder.joint carries the encoder it was trained with
         enc_payload = own if own is not None else ckpt.load_payload(encoder_uri)
         ev = EvalConfig()
-        pp = postprocessing or PostProcessing(threshold=ev.threshold, median_frames=ev.median_frames)
+        pp = postprocessing or PostProcessing(threshold=ev.threshold, median_frames=ev.median_frames,
+                                              fill_gap_frames=ev.fill_gap_frames, min_event_frames=ev.min_event_frames)
         student_kind = str(kind)
     else:
         raise DetectError(

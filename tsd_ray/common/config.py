@@ -240,8 +240,13 @@ class EvalConfig:
     percentage_of_length: float = 0.2
     threshold: float = 0.5  # default until tuned on validation
     median_frames: int = 1
+    fill_gap_frames: int = 0  # gaps of at most this many frames between active runs are filled
+    min_event_frames: int = 0  # active runs shorter than this are dropped (0, 1: none)
+    # The grid tuned on validation before the test split is scored (output frames, 40 ms):
     thresholds: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6, 0.7)
     median_windows: tuple[int, ...] = (1, 3, 5, 9)
+    fill_gaps: tuple[int, ...] = (0,)
+    min_event_lengths: tuple[int, ...] = (0,)
     selection_metric: Literal["event_f", "segment_f"] = "event_f"
     # How each epoch's validation score is taken (best epoch, early stopping, final student,
     # loop stop): "fixed" = at `threshold` / `median_frames`; "tuned" = the best over the grid

@@ -76,12 +76,13 @@ def evaluate_model(model_uri: str, manifest: Manifest, embeddings_uri: str, ev: 
     val = predict_split(model_uri, manifest, embeddings_uri, val_split)
     pp, grid = tune_postprocessing(
         val, classes=classes, thresholds=list(ev.thresholds), median_windows=list(ev.median_windows),
-        metric=ev.selection_metric, **kw,
+        fill_gaps=list(ev.fill_gaps), min_event_lengths=list(ev.min_event_lengths), metric=ev.selection_metric, **kw,
     )
     test = predict_split(model_uri, manifest, embeddings_uri, split)
     scores = score_samples(test, pp, classes=classes, **kw)
     psds1, inter = intersection_scores(test, classes=classes, frame_hop_s=manifest.output_hop_s,
-                                       threshold=pp.threshold, median_frames=pp.median_frames)
+                                       threshold=pp.threshold, median_frames=pp.median_frames,
+                                       fill_gap_frames=pp.fill_gap_frames, min_event_frames=pp.min_event_frames)
     per_class = {c: {**v, "psds1": psds1.per_class[c]["psds"], "intersection_f": inter["per_class"][c]["f"]}
                  for c, v in scores.per_class.items()}
     extra = {"encoder_loo": embedding_quality(embeddings_uri)["accuracy"]} if own_encoder else {}
@@ -92,7 +93,7 @@ def evaluate_model(model_uri: str, manifest: Manifest, embeddings_uri: str, ev: 
         "event_f": float(scores.event_f),
         "segment_f_micro": float(scores.segment_f_micro),
         "event_f_micro": float(scores.event_f_micro),
-        "postprocessing": {"threshold": pp.threshold, "median_frames": pp.median_frames},
+        "postprocessing": pp.to_dict(),
         "psds1": psds1.value,
         "intersection_f": inter["f"],
         "per_class": per_class,

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from tsd_ray.common import environment, storage
+from tsd_ray.metrics.postprocess import PostProcessing
 
 METHODS: dict[str, str] = {
     "SS": "SS (f student, strong target labels: upper bound)",
@@ -45,7 +46,7 @@ _SWITCH_ALIASES = {
 INTERSECTION_NOTE = (
     "PSDS1: polyphonic sound detection score, intersection-based (DTC = GTC = 0.7, alpha_ST = 1, "
     "eFPR up to 100 per hour; 0-1), over every threshold of the scores after the tuned median "
-    "filter. Intersection-F: DTC = GTC = 0.5 at the tuned threshold. Both as sed_scores_eval "
+    "filter. Intersection-F: DTC = GTC = 0.5 at the tuned post-processing. Both as sed_scores_eval "
     "defines them (the DCASE task-4 baseline's metrics), each class over the samples that ask for it."
 )
 
@@ -105,7 +106,7 @@ def settings_line(settings: Mapping[str, Any]) -> str:
         f"Segment-based F over {seg:g} s segments; event-based F with a {collar_ms:g} ms onset "
         f"collar and an offset collar of max({collar_ms:g} ms, {pol:g} % of the event length). "
         "F-scores in %, macro-averaged over target classes (sed_eval), each TSD sample scored "
-        "as its own file; threshold and median filter tuned on validation only."
+        "as its own file; post-processing tuned on validation only."
     )
 
 
@@ -250,17 +251,21 @@ def format_per_class_table(per_class: Mapping[str, Mapping[str, Any]]) -> str:
 
 
 def format_tuning_table(tuning: Mapping[str, Any]) -> str:
-    """The validation grid of ``tune_postprocessing`` (threshold x median window)."""
+    """The validation grid of ``tune_postprocessing`` (threshold x median window x gap filled x
+    minimum event length)."""
     rows = [
         [
             fmt(r["threshold"]),
             str(r["median_frames"]),
+            str(r.get("fill_gap_frames", 0)),
+            str(r.get("min_event_frames", 0)),
             fmt(r.get("segment_f")),
             fmt(r.get("event_f")),
         ]
         for r in tuning.get("rows", ())
     ]
-    return _table(["Threshold", "Median (frames)", "Segment-F (%)", "Event-F (%)"], rows, "rrrr")
+    return _table(["Threshold", "Median (frames)", "Gap filled (frames)", "Min event (frames)", "Segment-F (%)",
+                   "Event-F (%)"], rows, "rrrrrr")
 
 
 # --------------------------------------------------------------------------------------
@@ -369,10 +374,7 @@ def format_evaluation(res: Mapping[str, Any], *, title: str | None = None) -> st
         parts.append(INTERSECTION_NOTE)
     pp = res.get("postprocessing")
     if pp:
-        parts.append(
-            f"Post-processing (tuned on validation): threshold {pp['threshold']:g}, "
-            f"median filter {pp['median_frames']} frames."
-        )
+        parts.append(f"Post-processing (tuned on validation): {PostProcessing.from_dict(pp).describe()}.")
     if "n_samples" in res:
         parts.append(f"Samples scored: {res['n_samples']}.")
     if res.get("per_class"):

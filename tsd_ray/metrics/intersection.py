@@ -44,7 +44,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tsd_ray.common.types import Seconds
-from tsd_ray.metrics.postprocess import TIME_DECIMALS, median_filter
+from tsd_ray.metrics.postprocess import TIME_DECIMALS, clean_activity, median_filter
 from tsd_ray.metrics.scoring import ScoredSample
 
 #: The DCASE task-4 PSDS1 scenario (since 2021): localisation-strict, no cross-triggers.
@@ -107,18 +107,21 @@ def _union(on: np.ndarray, off: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _counts(sm: _Sample, levels: np.ndarray, frame_hop_s: Seconds, dtc: float, gtc: float,
-            *, strict: bool) -> tuple[np.ndarray, np.ndarray]:
+            *, strict: bool, fill_gap_frames: int = 0, min_event_frames: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """(true positives, false positives) of one sample at each decision level: a frame is active
-    when its score is ``> level`` (``strict``) or ``>= level``. Shapes (L,)."""
+    when its score is ``> level`` (``strict``) or ``>= level``, then gaps are filled and short
+    runs dropped as :func:`~tsd_ray.metrics.postprocess.clean_activity` does. Shapes (L,)."""
     n = sm.scores.size
     if n == 0 or levels.size == 0:
         return np.zeros(levels.size, dtype=np.int64), np.zeros(levels.size, dtype=np.int64)
     if levels.size * n > _CELLS:
         step = max(1, _CELLS // n)
-        parts = [_counts(sm, levels[i:i + step], frame_hop_s, dtc, gtc, strict=strict)
+        parts = [_counts(sm, levels[i:i + step], frame_hop_s, dtc, gtc, strict=strict,
+                         fill_gap_frames=fill_gap_frames, min_event_frames=min_event_frames)
                  for i in range(0, levels.size, step)]
         return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
     active = sm.scores[None, :] > levels[:, None] if strict else sm.scores[None, :] >= levels[:, None]
+    active = clean_activity(active, fill_gap_frames, min_event_frames)
     start = active.copy()
     start[:, 1:] &= ~active[:, :-1]  # a run starts at an active frame after an inactive one
     det = np.cumsum(start.ravel()).reshape(active.shape) - 1  # detection id of each active frame
@@ -274,23 +277,27 @@ def intersection_f(
     median_frames: int = 1,
     dtc: float = INTERSECTION_F["dtc"],
     gtc: float = INTERSECTION_F["gtc"],
+    fill_gap_frames: int = 0,
+    min_event_frames: int = 0,
 ) -> dict:
     """Intersection-based F (%) at one post-processing (frames with filtered score ``> threshold``,
-    as :func:`tsd_ray.metrics.postprocess.postprocess` decides): ``{"f": macro over classes with
-    true events, "per_class": {c: {"f", "precision", "recall", "tp", "fp", "n_true_events"}}}``."""
+    gaps filled and short runs dropped, as :func:`tsd_ray.metrics.postprocess.postprocess`
+    decides): ``{"f": macro over classes with true events, "per_class": {c: {"f", "precision",
+    "recall", "tp", "fp", "n_true_events"}}}``."""
     return _intersection_f(_by_class(samples, classes, frame_hop_s, median_frames), frame_hop_s, threshold,
-                           median_frames, dtc, gtc)
+                           median_frames, dtc, gtc, fill_gap_frames=fill_gap_frames, min_event_frames=min_event_frames)
 
 
 def _intersection_f(by_class: dict[str, list[_Sample]], frame_hop_s: Seconds, threshold: float, median_frames: int,
-                    dtc: float, gtc: float) -> dict:
+                    dtc: float, gtc: float, *, fill_gap_frames: int = 0, min_event_frames: int = 0) -> dict:
     _check_criteria(dtc, gtc)
     level = np.asarray([float(threshold)])
     per_class = {}
     for c, members in by_class.items():
         tp = fp = n_true = 0
         for sm in members:
-            t, f = _counts(sm, level, frame_hop_s, dtc, gtc, strict=True)
+            t, f = _counts(sm, level, frame_hop_s, dtc, gtc, strict=True, fill_gap_frames=fill_gap_frames,
+                           min_event_frames=min_event_frames)
             tp, fp, n_true = tp + int(t[0]), fp + int(f[0]), n_true + sm.true_s.size
         p = 100.0 * tp / (tp + fp) if tp + fp else 0.0
         r = 100.0 * tp / n_true if n_true else float("nan")
@@ -298,16 +305,18 @@ def _intersection_f(by_class: dict[str, list[_Sample]], frame_hop_s: Seconds, th
         per_class[c] = {"f": f1, "precision": p, "recall": r, "tp": tp, "fp": fp, "n_true_events": n_true}
     scored = [v["f"] for v in per_class.values() if v["n_true_events"] > 0]
     return {"f": float(np.mean(scored)) if scored else float("nan"), "per_class": per_class,
-            "dtc": dtc, "gtc": gtc, "threshold": float(threshold), "median_frames": median_frames}
+            "dtc": dtc, "gtc": gtc, "threshold": float(threshold), "median_frames": median_frames,
+            "fill_gap_frames": fill_gap_frames, "min_event_frames": min_event_frames}
 
 
 def intersection_scores(
     samples: Sequence[ScoredSample], *, classes: Sequence[str], frame_hop_s: Seconds, threshold: float,
-    median_frames: int = 1,
+    median_frames: int = 1, fill_gap_frames: int = 0, min_event_frames: int = 0,
 ) -> tuple[PSDSResult, dict]:
-    """PSDS1 (:func:`psds`) and the intersection-based F at ``threshold`` (:func:`intersection_f`)
-    with the DCASE criteria, from one preparation of the samples (median filter and event
-    overlaps computed once)."""
+    """PSDS1 (:func:`psds`, over the median-filtered scores) and the intersection-based F at the
+    whole post-processing (:func:`intersection_f`) with the DCASE criteria, from one
+    preparation of the samples (median filter and event overlaps computed once)."""
     by_class = _by_class(samples, classes, frame_hop_s, median_frames)
     return (_psds(by_class, frame_hop_s, **PSDS1),
-            _intersection_f(by_class, frame_hop_s, threshold, median_frames, **INTERSECTION_F))
+            _intersection_f(by_class, frame_hop_s, threshold, median_frames, **INTERSECTION_F,
+                            fill_gap_frames=fill_gap_frames, min_event_frames=min_event_frames))

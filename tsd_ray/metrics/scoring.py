@@ -496,7 +496,7 @@ def _score_grid(samples: list[ScoredSample], grid: Sequence[PostProcessing], *, 
                     raise ValueError(f"sample {s.sample_id!r}: postprocess: non-finite probabilities "
                                      f"for label {s.target!r}")
                 filtered[pp.median_frames].append(median_filter(x, pp.median_frames))
-        estimates = {s.sample_id: frames_to_events(f > pp.threshold, frame_hop_s=frame_hop_s, label=s.target)
+        estimates = {s.sample_id: frames_to_events(pp.active(f), frame_hop_s=frame_hop_s, label=s.target)
                      for s, f in zip(samples, filtered[pp.median_frames], strict=True)}
         out.append(_score_estimates(samples, estimates, pp, classes=classes, frame_hop_s=frame_hop_s,
                                     segment_s=segment_s, t_collar_s=t_collar_s,
@@ -522,37 +522,44 @@ def tune_postprocessing(
     classes: Sequence[str],
     thresholds: Sequence[float],
     median_windows: Sequence[int],
+    fill_gaps: Sequence[int] = (0,),
+    min_event_lengths: Sequence[int] = (0,),
     metric: Metric = "event_f",
     num_jobs: int = 1,
     **score_kwargs: Any,
 ) -> tuple[PostProcessing, dict[str, Any]]:
-    """Grid-search threshold x median window on **validation samples only**.
+    """Grid-search threshold x median window (x gap filled x minimum event length, in frames;
+    by default none of either) on **validation samples only**.
 
     Never pass test samples here: the chosen post-processing is then applied unchanged to
     the test split. Every grid point is scored with :func:`score_samples` (``score_kwargs``:
     ``frame_hop_s``, ``segment_s``, ``t_collar_s``, ``percentage_of_length``) and the one
     with the highest ``metric`` wins; ties go to the first in grid order (thresholds outer,
-    windows inner), NaN counts as lowest. ``num_jobs > 1`` scores grid points in that many
+    then windows, gaps, minimum lengths), NaN counts as lowest. ``num_jobs > 1`` scores grid points in that many
     processes (spawned, so safe inside threaded programs); results equal ``num_jobs=1``.
 
     Returns the best :class:`PostProcessing` and a table
-    ``{"metric", "best": {...}, "rows": [{"threshold", "median_frames", "segment_f",
-    "event_f", "segment_f_micro", "event_f_micro"}, ...]}`` (percent).
+    ``{"metric", "best": {...}, "rows": [{"threshold", "median_frames", "fill_gap_frames",
+    "min_event_frames", "segment_f", "event_f", "segment_f_micro", "event_f_micro"}, ...]}``
+    (percent).
     """
     allowed = ("event_f", "segment_f", "event_f_micro", "segment_f_micro")
     if metric not in allowed:
         raise ValueError(f"metric must be one of {allowed}, got {metric!r}")
-    if not thresholds or not median_windows:
-        raise ValueError("thresholds and median_windows must each hold at least one value")
+    if not thresholds or not median_windows or not fill_gaps or not min_event_lengths:
+        raise ValueError("thresholds, median_windows, fill_gaps and min_event_lengths must each hold "
+                         "at least one value")
     if num_jobs < 1:
         raise ValueError(f"num_jobs must be >= 1, got {num_jobs}")
     unknown = set(score_kwargs) - {"frame_hop_s", "segment_s", "t_collar_s", "percentage_of_length"}
     if unknown:
         raise TypeError(f"tune_postprocessing: unexpected keyword arguments {sorted(unknown)}")
     grid = [
-        PostProcessing(threshold=float(t), median_frames=int(w))
+        PostProcessing(threshold=float(t), median_frames=int(w), fill_gap_frames=int(g), min_event_frames=int(m))
         for t in thresholds
         for w in median_windows
+        for g in fill_gaps
+        for m in min_event_lengths
     ]
     samples = list(val_samples)
     kwargs = {"classes": list(classes), **score_kwargs}
@@ -570,8 +577,7 @@ def tune_postprocessing(
 
     rows = [
         {
-            "threshold": pp.threshold,
-            "median_frames": pp.median_frames,
+            **pp.to_dict(),
             "segment_f": sc.segment_f,
             "event_f": sc.event_f,
             "segment_f_micro": sc.segment_f_micro,

@@ -127,7 +127,8 @@ def export_detector(student_model_uri: str, encoder_model_uri: str | None, postp
     The result (``kind == "detector"``) is all detection needs: the student's config and
     weights (top level, as in a student file, plus ``student_kind`` "f" or "w"), the encoder's
     whole payload under ``encoder``, the classes, the front end (``meta["frontend"]``) and
-    ``postprocessing = {"threshold": float in [0, 1], "median_frames": odd int >= 1}`` (as tuned
+    ``postprocessing = {"threshold": float in [0, 1], "median_frames": odd int >= 1,
+    "fill_gap_frames": int >= 0, "min_event_frames": int >= 0}`` (the last two optional; as tuned
     on validation by :func:`tsd_ray.evaluate.predict.evaluate_model`). Returns ``out_uri``.
 
     Raises :class:`CheckpointError` (naming the file) when a model file is missing, of the
@@ -174,15 +175,20 @@ def export_detector(student_model_uri: str, encoder_model_uri: str | None, postp
             f"{student_model_uri} and {encoder_model_uri} were trained on different front ends; "
             "pair the student with the encoder of its own run"
         )
-    try:
-        pp = {"threshold": float(postprocessing["threshold"]), "median_frames": int(postprocessing["median_frames"])}
-    except (KeyError, TypeError, ValueError) as exc:
+    try:  # the fields of tsd_ray.metrics.postprocess.PostProcessing (a layer beside this one)
+        pp = {"threshold": float(postprocessing["threshold"]), "median_frames": int(postprocessing["median_frames"]),
+              "fill_gap_frames": int(postprocessing.get("fill_gap_frames", 0)),
+              "min_event_frames": int(postprocessing.get("min_event_frames", 0))}
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise CheckpointError(
-            f"postprocessing must be {{'threshold': float, 'median_frames': int}}, got {postprocessing!r}"
+            f"postprocessing must be {{'threshold': float, 'median_frames': int}} (optionally 'fill_gap_frames', "
+            f"'min_event_frames': int), got {postprocessing!r}"
         ) from exc
-    if not 0.0 <= pp["threshold"] <= 1.0 or pp["median_frames"] < 1 or pp["median_frames"] % 2 == 0:
+    if (not 0.0 <= pp["threshold"] <= 1.0 or pp["median_frames"] < 1 or pp["median_frames"] % 2 == 0
+            or pp["fill_gap_frames"] < 0 or pp["min_event_frames"] < 0):
         raise CheckpointError(
-            f"postprocessing {pp}: threshold must be in [0, 1] and median_frames an odd integer >= 1"
+            f"postprocessing {pp}: threshold must be in [0, 1], median_frames an odd integer >= 1, "
+            "fill_gap_frames and min_event_frames integers >= 0"
         )
     payload = {
         "format": FORMAT,

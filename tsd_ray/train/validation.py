@@ -160,7 +160,7 @@ def validation_scores(samples: list, classes: list[str], frame_hop_s: float, ev)
         event_f, segment_f = _nz(table["best"]["event_f"]), _nz(table["best"]["segment_f"])
         extra = {"val_threshold": pp.threshold, "val_median_frames": pp.median_frames}
     else:
-        scores = score_samples(samples, PostProcessing(threshold=ev.threshold, median_frames=ev.median_frames), **kw)
+        scores = score_samples(samples, fixed_postprocessing(ev), **kw)
         event_f, segment_f = _nz(scores.event_f), _nz(scores.segment_f)
     return {
         "val_event_f": event_f,
@@ -169,6 +169,12 @@ def validation_scores(samples: list, classes: list[str], frame_hop_s: float, ev)
         "val_samples": len(samples),
         **extra,
     }
+
+
+def fixed_postprocessing(ev) -> PostProcessing:
+    """The ``eval`` section's fixed post-processing (before any is tuned on validation)."""
+    return PostProcessing(threshold=ev.threshold, median_frames=ev.median_frames,
+                          fill_gap_frames=ev.fill_gap_frames, min_event_frames=ev.min_event_frames)
 
 
 def broadcast_scores(result: dict | None) -> dict:
