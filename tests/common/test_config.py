@@ -134,3 +134,11 @@ def test_renamed_duration_keys_are_read_under_their_new_names(caplog, tmp_path):
     path.write_text(yaml.safe_dump({"base": "demo", "frontend": {"clip_seconds": 10.0, "clip_s": 5.0}}))
     with pytest.raises(ConfigError, match="both 'frontend.clip_seconds' and its new name"):
         load_config(str(path))
+
+
+def test_a_bare_off_in_yaml_is_the_word_off_where_a_setting_takes_words():
+    """YAML 1.1 reads `off` as false; encoder.joint takes the word."""
+    assert load_config("tiny", ["encoder.joint=off"]).encoder.joint == "off"
+    assert load_config("tiny", ["encoder.joint=head"]).encoder.joint == "head"
+    with pytest.raises(ConfigError, match="encoder.joint"):
+        load_config("tiny", ["encoder.joint=on"])  # no such word: still an error naming the key

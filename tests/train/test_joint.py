@@ -133,3 +133,13 @@ def test_the_student_file_carries_its_encoder_and_detection_bundles_that_one(tmp
                              str(tmp_path / "detector3.pt"))
     with pytest.raises(DetectError, match="--encoder"):
         load_detector(str(tmp_path / "plain.pt"), device="cpu")
+
+
+def test_tune_trials_share_one_pretrained_encoder_whatever_their_joint_setting():
+    """The joint keys act after pretraining: trials that differ only there share the encoder."""
+    from tsd_ray.common.config import load_config
+    from tsd_ray.experiments.tune_trial import encoder_key
+
+    off = encoder_key(load_config("tiny"), "features")
+    assert encoder_key(load_config("tiny", ["encoder.joint=head", "encoder.joint_lr_scale=0.5"]), "features") == off
+    assert encoder_key(load_config("tiny", ["encoder.epochs=3"]), "features") != off

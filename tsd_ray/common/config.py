@@ -339,6 +339,9 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 errors.append(str(exc))
         raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
     if origin is Literal:
+        if isinstance(value, bool) and not any(isinstance(a, bool) for a in args):
+            # YAML 1.1 reads a bare off / on / no / yes as a boolean: take the word back
+            value = next((w for w in (("on", "yes", "true") if value else ("off", "no", "false")) if w in args), value)
         if value not in args:
             raise ConfigError(f"{key}: expected one of {list(args)}, got {value!r}")
         return value
