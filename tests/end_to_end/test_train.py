@@ -252,3 +252,41 @@ def test_joint_fine_tuning_chains_the_encoder_down_the_phases_and_evaluates_with
     run_table = pq.read_table(trained["embeddings"])
     assert own.column("reference_id").to_pylist() == run_table.column("reference_id").to_pylist()
     assert own.column("embedding").to_pylist() != run_table.column("embedding").to_pylist()
+
+
+def test_encoder_workers_each_get_every_kind_of_reference(trained):
+    """The reference table is stored class by class; split as stored, each of 2 workers held
+    the same half of the classes every epoch (and its batch-norm statistics, rank 0's kept in
+    the checkpoint, those of its half). Each worker's share now mixes the classes, the same
+    rows in two builds of the datasets (a run repeats)."""
+    import threading
+
+    from tsd_ray.train.encoder import training_datasets
+
+    cfg = dataclasses.replace(trained["cfg"], encoder=dataclasses.replace(trained["cfg"].encoder, train_on="references"))
+
+    def shares():
+        ds = training_datasets(cfg, trained["manifest"])[0]["train"]
+        its, out = ds.streaming_split(2, equal=True), {}
+
+        def read(i):
+            out[i] = [str(x) for b in its[i].iter_batches(batch_size=4, batch_format="numpy") for x in b["reference_id"]]
+
+        threads = [threading.Thread(target=read, args=(i,)) for i in range(2)]
+        [t.start() for t in threads]
+        [t.join() for t in threads]
+        return out
+
+    first, again = shares(), shares()
+    assert sorted(first[0] + first[1]) == sorted(str(r) for r in ref_table(trained)["reference_id"])
+    labels = dict(zip(ref_table(trained)["reference_id"], ref_table(trained)["label"]))
+    halves = [{labels[r][0] for r in first[i]} for i in range(2)]  # "s" / "t" classes
+    assert halves[0] == halves[1] == {"s", "t"}  # as stored: worker 0 had s1, s2, worker 1 t1, t2
+    assert {i: sorted(v) for i, v in first.items()} == {i: sorted(v) for i, v in again.items()}
+
+
+def ref_table(trained) -> dict:
+    import pyarrow.parquet as pq
+
+    t = pq.read_table(trained["embeddings"], columns=["reference_id", "label"])
+    return {"reference_id": t.column("reference_id").to_pylist(), "label": t.column("label").to_pylist()}
