@@ -230,9 +230,9 @@ def encoder_datasets(cfg: Config, manifest: Manifest) -> tuple[dict, dict[str, i
     # The reference table is stored class by class. Split across workers as stored, each worker
     # would hold the same half of the classes in every epoch: its batches, and so its batch-norm
     # statistics, would be those of its classes, and the checkpoint keeps rank 0's running
-    # statistics, which then misnormalise the other half (on the real dev corpus, seed 0, the
-    # classes of the table's second half scored 0.0-0.58 leave-one-out, the first half 0.67-1.0).
-    # A seeded row shuffle gives every worker a mix of all the classes.
+    # statistics, which then misnormalise the other half (on the real dev corpus, seed 0, the six
+    # classes wholly in the table's second half scored 0.0-0.58 leave-one-out, the seven wholly
+    # in the first half 0.67-1.0). A seeded row shuffle gives every worker a mix of the classes.
     refs = read_references(manifest).random_shuffle(seed=shuffle_seed(cfg.train.seed, 0, 0, _REFERENCE_STREAM))
     n_refs = int(manifest.data["references"].get("mixtures", 0))
     if cfg.encoder.train_on == "references":
