@@ -261,6 +261,8 @@ def test_encoder_workers_each_get_every_kind_of_reference(trained):
     rows in two builds of the datasets (a run repeats)."""
     import threading
 
+    import pyarrow.parquet as pq
+
     from tsd_ray.train.encoder import training_datasets
 
     cfg = dataclasses.replace(trained["cfg"], encoder=dataclasses.replace(trained["cfg"].encoder, train_on="references"))
@@ -278,15 +280,9 @@ def test_encoder_workers_each_get_every_kind_of_reference(trained):
         return out
 
     first, again = shares(), shares()
-    assert sorted(first[0] + first[1]) == sorted(str(r) for r in ref_table(trained)["reference_id"])
-    labels = dict(zip(ref_table(trained)["reference_id"], ref_table(trained)["label"]))
+    t = pq.read_table(trained["embeddings"], columns=["reference_id", "label"])  # every reference, its class
+    labels = dict(zip(t.column("reference_id").to_pylist(), t.column("label").to_pylist()))
+    assert sorted(first[0] + first[1]) == sorted(labels)
     halves = [{labels[r][0] for r in first[i]} for i in range(2)]  # "s" / "t" classes
     assert halves[0] == halves[1] == {"s", "t"}  # as stored: worker 0 had s1, s2, worker 1 t1, t2
     assert {i: sorted(v) for i, v in first.items()} == {i: sorted(v) for i, v in again.items()}
-
-
-def ref_table(trained) -> dict:
-    import pyarrow.parquet as pq
-
-    t = pq.read_table(trained["embeddings"], columns=["reference_id", "label"])
-    return {"reference_id": t.column("reference_id").to_pylist(), "label": t.column("label").to_pylist()}
