@@ -164,6 +164,31 @@ def test_export_bundles_everything_and_training_learned(model):
     assert float(s1 @ s2) / (np.linalg.norm(s1) * np.linalg.norm(s2)) < 0.9
 
 
+@pytest.mark.parametrize("fill", ["floor", "repeat"])
+def test_detect_embeds_a_reference_as_the_run_embedded_it(model, fill):
+    """A user's reference clip gets the embedding the run's table holds for the same clip: the
+    same log-mel, and the same valid frames for an encoder that repeat-fills (the 1.5-s clips
+    fill 37 % of the 4-s window, so a wrong count would change the embedding)."""
+    from dataclasses import replace
+
+    from tsd_ray.data.shards import load_manifest, reference_ids, reference_mels
+    from tsd_ray.models.encoder import Cnn14Encoder, freeze, normalise_embedding
+
+    det = detect.load_detector(model["detector"], device="cpu")
+    old = det.encoder
+    enc = Cnn14Encoder(replace(old.cfg, fill=fill), old.n_mels, old.n_classes)
+    enc.load_state_dict(old.state_dict())
+    det = replace(det, encoder=freeze(enc))
+    manifest = load_manifest(str(model["root"] / "features"))
+    _, mels, n_valid = reference_mels(manifest)
+    i = reference_ids(manifest).index("s1_0.wav")
+    assert 0 < n_valid[i] < mels.shape[1]
+    with torch.no_grad():
+        table_row = normalise_embedding(enc(torch.from_numpy(mels[i:i + 1]), torch.from_numpy(n_valid[i:i + 1])).embedding)
+    got = detect.embed_reference(det, [model["ref_s1"]]).embedding
+    np.testing.assert_allclose(got, table_row[0].numpy(), rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.slow
 def test_long_resampled_recording_finds_the_events(model, tmp_path):
     from tsd_ray.metrics.scoring import score_event_lists

@@ -18,6 +18,7 @@ from tsd_ray.models import (
     load_panns_cnn14,
     output_frames,
 )
+from tsd_ray.models.encoder import repeat_fill
 from tsd_ray.models.pooling import linsoft_pool
 
 NARROW_ENC = EncoderConfig(channels=(4, 8, 8, 16, 16, 32), embedding_dim=16)
@@ -72,6 +73,31 @@ def test_cosine_classifier_scores_direction_only_and_learns_its_scale():
     lin = Cnn14Encoder(NARROW_ENC, n_mels=64, n_classes=5).fc_classifier
     assert not torch.allclose(lin(e), lin(7.0 * e))
     assert {"fc_classifier.weight", "fc_classifier.scale"} <= set(enc.state_dict())
+
+
+def test_repeat_fill_repeats_each_clips_valid_frames():
+    mel = torch.arange(2 * 7 * 2, dtype=torch.float32).reshape(2, 7, 2)
+    out = repeat_fill(mel, torch.tensor([3, 7]))
+    assert out[0, :, 0].tolist() == [0, 2, 4, 0, 2, 4, 0]  # frames 0-2, then again from frame 0
+    assert torch.equal(out[1], mel[1])  # a clip that fills its window is left as it is
+    assert torch.equal(repeat_fill(mel, torch.tensor([0, 99]))[0], mel[0, :1].expand(7, 2))  # clamped to [1, T]
+
+
+def test_repeat_filling_encoder_sees_only_the_valid_frames():
+    """With ``fill: repeat`` what lies past a clip's valid frames (silence floor, anything)
+    does not change its embedding; with ``floor`` it does, and repeat needs the valid frames."""
+    x = torch.randn(2, 80, 64)
+    y = x.clone()
+    y[:, 30:] = -13.8  # the same clips, the build's silence floor after 30 frames
+    x[:, 30:] = torch.randn(2, 50, 64)
+    n = torch.tensor([30, 30])
+    rep = Cnn14Encoder(EncoderConfig(channels=NARROW_ENC.channels, embedding_dim=16, fill="repeat"),
+                       n_mels=64, n_classes=5).eval()
+    torch.testing.assert_close(rep(x, n).embedding, rep(y, n).embedding)
+    flo = Cnn14Encoder(NARROW_ENC, n_mels=64, n_classes=5).eval()
+    assert not torch.allclose(flo(x, n).embedding, flo(y, n).embedding)
+    with pytest.raises(ValueError, match="n_valid"):
+        rep(x)
 
 
 def test_encoder_rejects_unknown_classifier():

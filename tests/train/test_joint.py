@@ -15,25 +15,30 @@ ENC = EncoderConfig(channels=(4, 4, 8, 8, 8, 8), embedding_dim=6, dropout=0.2)
 DET = DetectorConfig(channels=(4, 4, 8, 8, 8), gru_hidden=8, fc_hidden=8, embedding_dim=6, dropout=0.0)
 
 
-def _encoder_and_pool(n=5):
+def _encoder_and_pool(n=5, fill="floor"):
     torch.manual_seed(0)
-    enc = Cnn14Encoder(ENC, 16, n_classes=4)
+    enc = Cnn14Encoder(EncoderConfig(**{**ENC.__dict__, "fill": fill}), 16, n_classes=4)
     with torch.no_grad():  # BatchNorm statistics away from their init, as after pretraining
         enc.bn0.running_mean.uniform_(-1, 1)
         enc.conv_block1.bn1.running_var.uniform_(0.5, 2)
     return enc, torch.randn(n, 40, 16, generator=torch.Generator().manual_seed(1))
 
 
+@pytest.mark.parametrize("fill", ["floor", "repeat"])
 @pytest.mark.parametrize("mode", ["head", "all"])
-def test_live_references_start_from_the_frozen_encoders_table(mode):
-    """Before a step, the live encoder gives the pool the embeddings the run's table holds."""
-    enc, mels = _encoder_and_pool()
-    live = LiveReferences(copy.deepcopy(enc), mels, mode).train()
+def test_live_references_start_from_the_frozen_encoders_table(mode, fill):
+    """Before a step, the live encoder gives the pool the embeddings the run's table holds
+    (with ``fill: repeat``, from each reference's own valid frames)."""
+    enc, mels = _encoder_and_pool(fill=fill)
+    n_valid = torch.tensor([40, 12, 25, 1, 33])
+    live = LiveReferences(copy.deepcopy(enc), mels, mode, n_valid).train()
     with torch.no_grad():
-        expected = normalise_embedding(enc.eval()(mels).embedding.float())  # what embed_references writes
-    torch.testing.assert_close(pool_embeddings(enc, mels), expected)
+        expected = normalise_embedding(enc.eval()(mels, n_valid).embedding.float())  # what embed_references writes
+    torch.testing.assert_close(pool_embeddings(enc, mels, n_valid), expected)
     torch.testing.assert_close(live.table(), expected)
     assert live.training  # table() put the training mode back
+    with torch.no_grad():  # a batch of rows, each with its own valid frames
+        torch.testing.assert_close(live.eval()(torch.tensor([3, 1])), expected[[3, 1]])
 
 
 @pytest.mark.parametrize("mode", ["head", "all"])

@@ -40,7 +40,7 @@ def embed_reference(det: LoadedDetector, paths: Sequence[str], *, logmel: LogMel
     if not paths:
         raise DetectError("no reference clip given: pass --reference REF.wav (repeatable)")
     logmel = logmel or LogMel(det.frontend, det.device)
-    mels = []
+    mels, n_valid = [], []
     for p in paths:
         wave, sr = load_audio(p)
         rms = float(np.sqrt(np.mean(wave.astype(np.float64) ** 2)))
@@ -49,11 +49,12 @@ def embed_reference(det: LoadedDetector, paths: Sequence[str], *, logmel: LogMel
                 f"{p}: reference clip is silent (RMS {rms:.1e} < {SILENCE_RMS:g}); give a clip in which "
                 "the target sound is audible"
             )
-        feats, _ = logmel(wave, sr, seconds=det.frontend.reference_s)
+        feats, n = logmel(wave, sr, seconds=det.frontend.reference_s)
         mels.append(as_stored(feats))
+        n_valid.append(n)
     x = torch.as_tensor(np.stack(mels), device=det.device)  # (R, T, F)
     with torch.no_grad():
-        out = det.encoder(x)
+        out = det.encoder(x, torch.as_tensor(n_valid, device=det.device))
     e = normalise_embedding(out.embedding.float())  # (R, E)
     e = normalise_embedding(e.mean(dim=0, keepdim=True))[0]  # (E,)
     guess, prob = None, 0.0

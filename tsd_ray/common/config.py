@@ -103,6 +103,12 @@ class EncoderConfig:
     # per detector step: for GPUs). The fine-tuned encoder travels in the student's model file.
     joint: Literal["off", "head", "all"] = "off"
     joint_lr_scale: float = 0.1  # encoder learning rate = the phase's learning rate x this
+    # How the frames of a clip shorter than the encoder's window (the reference length) are
+    # filled: "floor" = as stored, the log-mel floor (silence) after the clip; "repeat" = the
+    # clip's own frames repeated to the window's end, so the trunk's pooling over time sees the
+    # sound rather than mostly silence (a median real reference is ~1.4 s of a 4-s window). The
+    # encoder's model file keeps it: every caller that embeds a clip fills it the same way.
+    fill: Literal["floor", "repeat"] = "floor"
 
 
 @dataclass(frozen=True)

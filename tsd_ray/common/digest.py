@@ -28,7 +28,7 @@ RESULT_NEUTRAL: dict[str, tuple[str, ...] | None] = {
 #: before it was added still resume and reuse their phases (at any other value it counts).
 ADDED_AT_NEUTRAL: dict[str, dict[str, Any]] = {
     "augment": {"gain_db": 0.0, "eq_db": 0.0, "max_bin_shift": 0, "mix_prob": 0.0, "mix_max_db": 12.0},
-    "encoder": {"joint": "off", "joint_lr_scale": 0.1},
+    "encoder": {"joint": "off", "joint_lr_scale": 0.1, "fill": "floor"},
     "eval": {"fill_gap_frames": 0, "min_event_frames": 0, "fill_gaps": [0], "min_event_lengths": [0]},
 }
 

@@ -164,19 +164,21 @@ def reference_ids(manifest: Manifest) -> list[str]:
     return ids
 
 
-def reference_mels(manifest: Manifest) -> tuple[list[str], np.ndarray]:
-    """Labels and log-mels (N, T_ref, F) of the reference pool in table order, read with
-    pyarrow alone: the whole pool, small enough for every training worker to hold."""
+def reference_mels(manifest: Manifest) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Labels, log-mels (N, T_ref, F) and valid frames (N,) of the reference pool in table
+    order, read with pyarrow alone: the whole pool, small enough for every training worker to hold."""
     labels: list[str] = []
     mels: list[np.ndarray] = []
+    n_frames: list[int] = []
     for f in manifest.files("references"):
-        t = open_shard(f).read(columns=["label", "mel"])
+        t = open_shard(f).read(columns=["label", "mel", "n_frames"])
         labels += t.column("label").to_pylist()
+        n_frames += t.column("n_frames").to_pylist()
         for chunk in t.column("mel").chunks:
             mels.append(chunk.to_numpy_ndarray())
     if not mels:
         raise FeaturesError(f"{manifest.uri}: the features hold no reference clips; rebuild them")
-    return labels, np.concatenate(mels).astype(np.float32, copy=False)
+    return labels, np.concatenate(mels).astype(np.float32, copy=False), np.asarray(n_frames, dtype=np.int64)
 
 
 def expand_batch(

@@ -35,6 +35,7 @@ __all__ = [
     "freeze",
     "load_panns_cnn14",
     "normalise_embedding",
+    "repeat_fill",
 ]
 
 #: Key prefixes of a public PANNs Cnn14 checkpoint that this encoder deliberately does not use.
@@ -96,7 +97,10 @@ class Cnn14Encoder(nn.Module):
         n_mels: mel bins ``F`` of the input (``bn0`` normalises each bin; PANNs: 64).
         n_classes: classes of the pretraining head (reference-pool labels).
 
-    ``forward(mel)`` takes (B, T, F) log-mels (float32) and returns :class:`EncoderOutput`.
+    ``forward(mel, n_valid)`` takes (B, T, F) log-mels (float32) and the valid frames of each
+    (B,) (the rest is the build's silence floor), and returns :class:`EncoderOutput`. With
+    ``cfg.fill == "repeat"`` each clip's valid frames are repeated over its window first
+    (:func:`repeat_fill`); with ``"floor"`` the window is used as given and ``n_valid`` may be None.
     Inputs shorter than 32 frames (or with fewer than 32 mel bins) are padded with each clip's
     minimum value (the quietest level in the clip) so the five 2x2 poolings never reach size 0;
     the time pooling (max + mean over frames) then sees at least one frame.
@@ -166,19 +170,27 @@ class Cnn14Encoder(nn.Module):
         out[:, : x.shape[1], : x.shape[2]] = x
         return out
 
-    def forward(self, mel: Tensor) -> EncoderOutput:
-        """``mel`` (B, T, F) log-mel -> :class:`EncoderOutput` (embedding (B, E), logits (B, K)):
-        :meth:`pooled` (the trunk) then :meth:`embed_pooled` (the embedding head)."""
-        embedding = self.embed_pooled(self.pooled(mel))  # (B, E)
+    def forward(self, mel: Tensor, n_valid: Tensor | None = None) -> EncoderOutput:
+        """``mel`` (B, T, F) log-mel, ``n_valid`` (B,) its valid frames -> :class:`EncoderOutput`
+        (embedding (B, E), logits (B, K)): :meth:`pooled` (the trunk) then :meth:`embed_pooled`."""
+        embedding = self.embed_pooled(self.pooled(mel, n_valid))  # (B, E)
         logits = self.fc_classifier(embedding)  # (B, K)
         return EncoderOutput(embedding=embedding, logits=logits)
 
-    def pooled(self, mel: Tensor) -> Tensor:
-        """The trunk: ``mel`` (B, T, F) -> conv blocks -> max + mean over time (B, C6)."""
+    def pooled(self, mel: Tensor, n_valid: Tensor | None = None) -> Tensor:
+        """The trunk: ``mel`` (B, T, F) -> fill (``cfg.fill``) -> conv blocks -> max + mean over
+        time (B, C6)."""
         if mel.ndim != 3 or mel.shape[2] != self.n_mels:
             raise ValueError(
                 f"Cnn14Encoder: expected mel of shape (B, T, {self.n_mels}), got {tuple(mel.shape)}"
             )
+        if self.cfg.fill == "repeat":
+            if n_valid is None:
+                raise ValueError("Cnn14Encoder: encoder.fill is 'repeat', so each clip's valid frames "
+                                 "(n_valid) must be given with its log-mel")
+            mel = repeat_fill(mel, n_valid)
+        elif self.cfg.fill != "floor":
+            raise ValueError(f"encoder.fill: 'floor' or 'repeat', got {self.cfg.fill!r}")
         x = mel.unsqueeze(1)  # (B, 1, T, F)
         x = x.transpose(1, 3)  # (B, F, T, 1): bn0 normalises each mel bin, as in PANNs
         x = self.bn0(x)
@@ -198,6 +210,17 @@ class Cnn14Encoder(nn.Module):
         x = F.relu(self.fc1(x))
         x = F.dropout(x, p=p, training=self.training)
         return self.fc_embedding(x)
+
+
+def repeat_fill(mel: Tensor, n_valid: Tensor) -> Tensor:
+    """Each clip's first ``n_valid`` frames repeated to fill its window: (B, T, F) -> (B, T, F).
+
+    ``n_valid`` (B,) is clamped to [1, T]; a clip that fills its window is returned as it is.
+    """
+    B, T, F_ = mel.shape
+    n = torch.as_tensor(n_valid, device=mel.device).long().reshape(B, 1).clamp(1, T)
+    idx = torch.arange(T, device=mel.device).unsqueeze(0) % n  # (B, T)
+    return mel.gather(1, idx.unsqueeze(-1).expand(B, T, F_))
 
 
 def normalise_embedding(e: torch.Tensor) -> torch.Tensor:

@@ -124,8 +124,8 @@ def encoder_loop_per_worker(config: dict) -> dict:
             mel = torch.as_tensor(b["mel"]).float()
             n_frames = torch.as_tensor(b["n_frames"]).long()
             if multi:  # multi-label items (encoder_data): soft-target cross-entropy
-                mel, _, y = augment_items(mel, n_frames, torch.as_tensor(b["labels"]), gen,
-                                          floor=floor, mix_prob=ec.mix_prob)
+                mel, n_frames, y = augment_items(mel, n_frames, torch.as_tensor(b["labels"]), gen,
+                                                 floor=floor, mix_prob=ec.mix_prob)
                 mel, y = mel.to(device), y.to(device)
             else:
                 y = torch.as_tensor([class_index[str(c)] for c in b["label"]], device=device)
@@ -133,7 +133,7 @@ def encoder_loop_per_worker(config: dict) -> dict:
             for group in opt.param_groups:
                 group["lr"] = ec.lr * lr_factor(cfg.train.lr_schedule, epoch, step, spe, ec.epochs)
             step += 1
-            out = model(mel)
+            out = model(mel, n_frames.to(device))
             if multi:
                 loss = soft_target_cross_entropy(out.logits, y)
                 hit = y.gather(1, out.logits.argmax(1, keepdim=True)).squeeze(1) > 0.5  # top class is a true one
@@ -309,7 +309,7 @@ class _Embedder:
     @torch.no_grad()
     def __call__(self, b: dict) -> dict:
         mel = torch.as_tensor(b["mel"], device=self.device).float()
-        e = self.model(mel).embedding.float()
+        e = self.model(mel, torch.as_tensor(b["n_frames"], device=self.device)).embedding.float()
         e = normalise_embedding(e)
         return {
             "reference_id": b["reference_id"],

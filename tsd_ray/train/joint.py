@@ -49,12 +49,13 @@ def encoder_payload(init_payload: dict | None, pretrained_uri: str | None, phase
 
 
 @torch.no_grad()
-def pool_embeddings(encoder: Cnn14Encoder, mels: Tensor, batch: int = 64) -> Tensor:
-    """Normalised embeddings (N, E) of the reference pool by a frozen encoder, as the run's
-    embedding table holds them (:func:`tsd_ray.train.encoder.embed_references`)."""
+def pool_embeddings(encoder: Cnn14Encoder, mels: Tensor, n_valid: Tensor | None = None, batch: int = 64) -> Tensor:
+    """Normalised embeddings (N, E) of the reference pool (``n_valid`` (N,): each clip's valid
+    frames) by a frozen encoder, as the run's embedding table holds them
+    (:func:`tsd_ray.train.encoder.embed_references`)."""
     was = encoder.training
     encoder.eval()
-    out = torch.cat([normalise_embedding(encoder(mels[i:i + batch]).embedding.float())
+    out = torch.cat([normalise_embedding(encoder(mels[i:i + batch], _rows(n_valid, i, batch)).embedding.float())
                      for i in range(0, mels.shape[0], batch)])
     encoder.train(was)
     return out
@@ -65,11 +66,12 @@ class LiveReferences(nn.Module):
 
     ``forward(rows)`` gives the normalised embeddings (len(rows), E) of pool rows ``rows``,
     with gradients into the trainable part of ``encoder`` (see the module docstring for
-    ``mode``). ``mels`` (N, T_ref, F): the pool in table order. The pool's inputs are a plain
+    ``mode``). ``mels`` (N, T_ref, F): the pool in table order, ``n_valid`` (N,) each clip's
+    valid frames (needed by an encoder with ``fill: repeat``). The pool's inputs are a plain
     attribute, not a buffer, so DDP does not broadcast them at every step; ``.to()`` moves them.
     """
 
-    def __init__(self, encoder: Cnn14Encoder, mels: Tensor, mode: str):
+    def __init__(self, encoder: Cnn14Encoder, mels: Tensor, mode: str, n_valid: Tensor | None = None):
         super().__init__()
         if mode not in ("head", "all"):
             raise ValueError(f"encoder.joint: expected 'off', 'head' or 'all', got {mode!r}")
@@ -85,14 +87,19 @@ class LiveReferences(nn.Module):
             was = encoder.training
             encoder.eval()
             with torch.no_grad():
-                self._inputs = torch.cat([encoder.pooled(mels[i:i + 64]) for i in range(0, mels.shape[0], 64)])
+                self._inputs = torch.cat([encoder.pooled(mels[i:i + 64], _rows(n_valid, i, 64))
+                                          for i in range(0, mels.shape[0], 64)])
             encoder.train(was)
+            self._n_valid = None
         else:
             self._inputs = mels
+            self._n_valid = None if n_valid is None else torch.as_tensor(n_valid).long()
 
     def _apply(self, fn, *args, **kwargs):
         super()._apply(fn, *args, **kwargs)
         self._inputs = fn(self._inputs)
+        if self._n_valid is not None:
+            self._n_valid = self._n_valid.to(self._inputs.device)
         return self
 
     def trainable(self) -> list[nn.Parameter]:
@@ -101,7 +108,8 @@ class LiveReferences(nn.Module):
     def forward(self, rows: Tensor) -> Tensor:
         x = self._inputs[rows.to(self._inputs.device)]
         if self.mode == "all":
-            x = self.encoder.pooled(x)
+            n = None if self._n_valid is None else self._n_valid[rows.to(self._n_valid.device)]
+            x = self.encoder.pooled(x, n)
         return normalise_embedding(self.encoder.embed_pooled(x).float())
 
     @torch.no_grad()
@@ -115,11 +123,17 @@ class LiveReferences(nn.Module):
         return out
 
 
-def teacher_embeddings(payload: dict, mels: np.ndarray | None, device) -> Tensor | None:
+def teacher_embeddings(payload: dict, mels: np.ndarray | None, device,
+                       n_valid: np.ndarray | None = None) -> Tensor | None:
     """A teacher's own reference table (N, E) when its model file carries an encoder, else None
-    (the teacher was trained on the run's table)."""
+    (the teacher was trained on the run's table). ``n_valid``: each clip's valid frames."""
     enc = ckpt.own_encoder(payload)
     if enc is None:
         return None
     encoder = freeze(ckpt.build_encoder(enc).to(device))
-    return pool_embeddings(encoder, torch.as_tensor(mels, device=device))
+    n = None if n_valid is None else torch.as_tensor(n_valid, device=device)
+    return pool_embeddings(encoder, torch.as_tensor(mels, device=device), n)
+
+
+def _rows(n_valid: Tensor | None, start: int, batch: int) -> Tensor | None:
+    return None if n_valid is None else n_valid[start:start + batch]

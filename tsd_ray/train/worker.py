@@ -136,20 +136,24 @@ def _load_teacher(uri: str | None, kind: str, device, pool) -> tuple[nn.Module |
         return None, None
     payload = ckpt.load_payload(uri)
     model = ckpt.build_student(payload, kind).to(device)
-    table = joint.teacher_embeddings(payload, pool(), device) if ckpt.own_encoder(payload) else None
+    table = None
+    if ckpt.own_encoder(payload):
+        mels, n_valid = pool()
+        table = joint.teacher_embeddings(payload, mels, device, n_valid)
     return freeze(model), table  # eval mode + no grad: dropout off, BN statistics fixed
 
 
 class _Pool:
-    """The reference pool's log-mels, read once on first use."""
+    """The reference pool's log-mels (N, T_ref, F) and valid frames (N,), read once on first use."""
 
     def __init__(self, features_uri: str, manifest: dict):
-        self.manifest, self.mels = Manifest(features_uri, manifest), None
+        self.manifest, self.pool = Manifest(features_uri, manifest), None
 
-    def __call__(self) -> torch.Tensor:
-        if self.mels is None:
-            self.mels = torch.from_numpy(reference_mels(self.manifest)[1])
-        return self.mels
+    def __call__(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.pool is None:
+            _, mels, n_frames = reference_mels(self.manifest)
+            self.pool = torch.from_numpy(mels), torch.from_numpy(n_frames)
+        return self.pool
 
 
 def setup(config: dict) -> Context:
@@ -180,7 +184,8 @@ def setup(config: dict) -> Context:
     if cfg.encoder.joint != "off":
         enc = joint.encoder_payload(payload if phase.init else None, config.get("encoder"), phase.name)
         encoder_base = {k: v for k, v in enc.items() if k != "state_dict"}
-        live = joint.LiveReferences(ckpt.build_encoder(enc), pool(), cfg.encoder.joint)
+        mels, n_valid = pool()
+        live = joint.LiveReferences(ckpt.build_encoder(enc), mels, cfg.encoder.joint, n_valid)
     core = PhaseModel(student, discriminator, projector, live)
     groups = [{"params": student.parameters(), "lr": phase.lr}]
     if discriminator is not None:
