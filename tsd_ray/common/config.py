@@ -106,7 +106,7 @@ class EncoderConfig:
     # How the frames of a clip shorter than the encoder's window (the reference length) are
     # filled: "floor" = as stored, the log-mel floor (silence) after the clip; "repeat" = the
     # clip's own frames repeated to the window's end, so the trunk's pooling over time sees the
-    # sound rather than mostly silence (a median real reference is ~1.4 s of a 4-s window). The
+    # sound rather than mostly silence (a median reference of the real dev corpus: 0.7 s of 4). The
     # encoder's model file keeps it: every caller that embeds a clip fills it the same way.
     fill: Literal["floor", "repeat"] = "floor"
 
