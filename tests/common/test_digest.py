@@ -34,8 +34,9 @@ def test_keys_added_later_count_only_away_from_their_neutral_value():
                     else vals) for sec, vals in full.items()}
     # A run started before the keys existed had a config without them: its digest is the same.
     assert result_digest(cfg) == digest(without_neutral_keys(before))
-    away = {"augment": "2", "encoder.joint": "head", "encoder.joint_lr_scale": "0.5", "eval.fill_gap_frames": "2",
-            "eval.min_event_frames": "2", "eval.fill_gaps": "[0, 5]", "eval.min_event_lengths": "[0, 5]"}
+    away = {"augment": "2", "encoder.joint": "head", "encoder.joint_lr_scale": "0.5", "encoder.fill": "repeat",
+            "eval.fill_gap_frames": "2", "eval.min_event_frames": "2", "eval.fill_gaps": "[0, 5]",
+            "eval.min_event_lengths": "[0, 5]"}
     for section, keys in ADDED_AT_NEUTRAL.items():
         for key in keys:
             value = away.get(f"{section}.{key}", away.get(section))
