@@ -100,9 +100,12 @@ def test_repeat_filling_encoder_sees_only_the_valid_frames():
         rep(x)
 
 
-def test_encoder_rejects_unknown_classifier():
+def test_encoder_rejects_unknown_classifier_and_fill():
     with pytest.raises(ValueError, match="encoder.classifier"):
         Cnn14Encoder(EncoderConfig(channels=NARROW_ENC.channels, embedding_dim=16, classifier="arc"),
+                     n_mels=64, n_classes=5)
+    with pytest.raises(ValueError, match="encoder.fill"):
+        Cnn14Encoder(EncoderConfig(channels=NARROW_ENC.channels, embedding_dim=16, fill="zeros"),
                      n_mels=64, n_classes=5)
 
 

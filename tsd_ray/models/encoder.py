@@ -130,6 +130,8 @@ class Cnn14Encoder(nn.Module):
             self.fc_classifier = nn.Linear(cfg.embedding_dim, n_classes)
         else:
             raise ValueError(f"encoder.classifier: 'linear' or 'cosine', got {cfg.classifier!r}")
+        if cfg.fill not in ("floor", "repeat"):
+            raise ValueError(f"encoder.fill: 'floor' or 'repeat', got {cfg.fill!r}")
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -189,8 +191,6 @@ class Cnn14Encoder(nn.Module):
                 raise ValueError("Cnn14Encoder: encoder.fill is 'repeat', so each clip's valid frames "
                                  "(n_valid) must be given with its log-mel")
             mel = repeat_fill(mel, n_valid)
-        elif self.cfg.fill != "floor":
-            raise ValueError(f"encoder.fill: 'floor' or 'repeat', got {self.cfg.fill!r}")
         x = mel.unsqueeze(1)  # (B, 1, T, F)
         x = x.transpose(1, 3)  # (B, F, T, 1): bn0 normalises each mel bin, as in PANNs
         x = self.bn0(x)
